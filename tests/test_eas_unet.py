@@ -1,0 +1,144 @@
+"""EAS U-Net: shapes in both modes, gradients, ECA kernel sizes, parameter budget, TorchScript round trip."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from monai.networks.nets import BasicUNet
+
+from scripts.networks import EAS, ECA, EASUNet, FirstOutput, default_dilations, eca_kernel_size
+
+TINY = (8, 16, 32, 64, 128)
+
+
+@pytest.mark.parametrize("size", [(32, 32), (64, 96), (48, 160)])
+def test_shapes_train_and_eval(size):
+    net = EASUNet(features=TINY)
+    x = torch.randn(2, 1, *size)
+    net.train()
+    outputs = net(x)
+    assert isinstance(outputs, list) and len(outputs) == 5
+    assert all(o.shape == (2, 3, *size) for o in outputs)
+    net.eval()
+    with torch.no_grad():
+        out = net(x)
+    assert isinstance(out, torch.Tensor) and out.shape == (2, 3, *size)
+    assert torch.isfinite(out).all()
+
+
+def test_eval_output_equals_fused_train_output():
+    net = EASUNet(features=TINY).eval()
+    x = torch.randn(1, 1, 32, 32)
+    with torch.no_grad():
+        fused = net(x)
+        net.training = True  # top-level flag only: BN keeps its running statistics, forward returns the list
+        outputs = net(x)
+    assert torch.allclose(outputs[0], fused)
+
+
+def test_gradients_reach_every_parameter():
+    net = EASUNet(features=TINY, eas_levels=(3, 4)).train()
+    outputs = net(torch.randn(2, 1, 32, 32))
+    sum(o.square().mean() for o in outputs).backward()
+    missing = [n for n, p in net.named_parameters() if p.grad is None or not torch.any(p.grad != 0)]
+    assert missing == []
+
+
+@pytest.mark.parametrize("channels,k", [(16, 3), (32, 3), (64, 3), (128, 5), (256, 5), (512, 5), (1024, 5)])
+def test_eca_kernel_size(channels, k):
+    assert eca_kernel_size(channels) == k
+    assert ECA(2, channels).conv.kernel_size == (k,)
+
+
+def test_eca_rescales_channels_only():
+    eca = ECA(2, 16)
+    x = torch.rand(2, 16, 8, 8) + 0.1
+    y = eca(x)
+    ratio = y / x  # one sigmoid weight per (sample, channel), constant over space, in (0, 1)
+    assert torch.allclose(ratio, ratio[..., :1, :1].expand_as(ratio), atol=1e-6)
+    assert bool(((ratio > 0) & (ratio < 1)).all())
+
+
+def test_eas_branches_and_shape():
+    eas = EAS(2, 32, 48, dilations=(1, 2, 3))
+    assert [b.depthwise.conv.dilation for b in eas.atrous] == [(1, 1), (2, 2), (3, 3)]
+    assert eas(torch.randn(2, 32, 12, 12)).shape == (2, 48, 12, 12)
+    assert eas.train()(torch.randn(1, 32, 12, 12)).shape == (1, 48, 12, 12)  # batch of 1 trains (no BN on pooling)
+
+
+@pytest.mark.parametrize("level,rates", [(4, (2, 4, 8)), (3, (4, 8, 16)), (2, (8, 16, 32))])
+def test_default_dilations(level, rates):
+    assert default_dilations(level, 384) == rates
+
+
+def test_eas_placement_is_configurable():
+    net = EASUNet(features=TINY, eas_levels=(2, 4))
+    assert hasattr(net.down_2, "eas") and hasattr(net.down_4, "eas")
+    assert not hasattr(net.down_1, "eas") and not hasattr(net.down_3, "eas")
+    with pytest.raises(ValueError, match="encoder levels 1..4"):
+        EASUNet(features=TINY, eas_levels=(0,))
+    with pytest.raises(ValueError, match="5 widths"):
+        EASUNet(features=(8, 16, 32))
+
+
+def test_deep_supervision_off_is_plain_unet_path():
+    net = EASUNet(features=TINY, deep_supervision=False)
+    assert net.fusion is None
+    x = torch.randn(1, 1, 32, 32)
+    out = net.train()(x)
+    assert isinstance(out, torch.Tensor) and out.shape == (1, 3, 32, 32)
+    assert torch.allclose(out, net.head(net.upcat_1(*_decoder_inputs(net, x))))
+
+
+def _decoder_inputs(net: EASUNet, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    x0 = net.stem(x)
+    x1 = net.down_1(x0)
+    x2 = net.down_2(x1)
+    x3 = net.down_3(x2)
+    u4 = net.upcat_4(net.down_4(x3), x3)
+    return net.upcat_2(net.upcat_3(u4, x2), x1), x0
+
+
+@pytest.mark.parametrize("features", [(32, 64, 128, 256, 512), (64, 128, 256, 512, 1024)])
+def test_fewer_parameters_than_basic_unet(features):
+    ours = sum(p.numel() for p in EASUNet(features=features).parameters())
+    basic = sum(
+        p.numel() for p in BasicUNet(spatial_dims=2, out_channels=3, features=(*features, features[0])).parameters()
+    )
+    print(f"EAS U-Net {ours:,} vs BasicUNet {basic:,} parameters at widths {features}: ratio {ours / basic:.3f}")
+    assert ours < basic
+
+
+def test_dropout_argument_is_applied():
+    net = EASUNet(features=TINY, dropout=0.3)
+    rates = {m.p for m in net.modules() if isinstance(m, torch.nn.Dropout)}
+    assert rates == {0.3}
+
+
+@pytest.mark.parametrize("deep_supervision", [True, False])
+def test_torchscript_round_trip(tmp_path, deep_supervision):
+    net = EASUNet(features=TINY, deep_supervision=deep_supervision).eval()
+    scripted = torch.jit.script(net)
+    path = tmp_path / "model.ts"
+    torch.jit.save(scripted, str(path))
+    loaded = torch.jit.load(str(path))
+    x = torch.randn(2, 1, 48, 64)
+    with torch.no_grad():
+        assert (loaded(x) - net(x)).abs().max() < 1e-4
+
+
+def test_first_output_wrapper():
+    class TwoOutputs(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+            return [x + 1, x + 2]
+
+    wrapped = FirstOutput(TwoOutputs())
+    x = torch.zeros(1, 1, 4, 4)
+    assert len(wrapped.train()(x)) == 2
+    assert torch.equal(wrapped.eval()(x), x + 1)
+
+
+def test_3d_variant():
+    net = EASUNet(spatial_dims=3, features=(4, 8, 16, 32, 64), reference_size=32).eval()
+    with torch.no_grad():
+        assert net(torch.randn(1, 1, 32, 32, 32)).shape == (1, 3, 32, 32, 32)
