@@ -1,0 +1,149 @@
+"""Ignite handlers MONAI lacks: an epoch log line with throughput and ETA, and resuming from the latest checkpoint."""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from monai.handlers import CheckpointLoader, CheckpointSaver
+
+__all__ = ["ProgressLogger", "ResumeFromLatest", "TrainingStateSaver", "latest_checkpoint"]
+
+logger = logging.getLogger(__name__)
+
+
+def _batch_size(batch: Any) -> int:
+    if isinstance(batch, Mapping):
+        for value in batch.values():
+            if isinstance(value, torch.Tensor) and value.dim() > 0:
+                return int(value.shape[0])
+    if isinstance(batch, list):
+        return len(batch)
+    return 1
+
+
+class ProgressLogger:
+    """One log line per epoch (and every `iteration_interval` iterations) with loss, learning rate, slices/s and ETA,
+    so an unattended run shows its progress in plain logs, not only in a progress bar.
+
+    Args:
+        iteration_interval: also log every this many iterations (0: epoch lines only).
+        name: logger name.
+    """
+
+    def __init__(self, iteration_interval: int = 0, name: str = "progress") -> None:
+        self.iteration_interval = int(iteration_interval)
+        self.logger = logging.getLogger(name)
+        self._run_start = self._epoch_start = 0.0
+        self._samples = self._start_epoch = 0
+
+    def attach(self, engine) -> None:
+        from ignite.engine import Events
+
+        engine.add_event_handler(Events.STARTED, self._started)
+        engine.add_event_handler(Events.EPOCH_STARTED, self._epoch_started)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._iteration_completed)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self._epoch_completed)
+
+    def _started(self, engine) -> None:
+        self._run_start, self._start_epoch = time.perf_counter(), engine.state.epoch  # epoch > 0 when resumed
+
+    def _epoch_started(self, engine) -> None:
+        self._epoch_start, self._samples = time.perf_counter(), 0
+
+    def _loss(self, engine) -> float:
+        output = engine.state.output
+        if isinstance(output, list) and output:
+            output = output[0]
+        loss = output.get("loss") if isinstance(output, Mapping) else None
+        return float(loss) if loss is not None else float("nan")
+
+    def _lr(self, engine) -> float:
+        optimizer = getattr(engine, "optimizer", None)
+        return float(optimizer.param_groups[0]["lr"]) if optimizer is not None else float("nan")
+
+    def _iteration_completed(self, engine) -> None:
+        self._samples += _batch_size(engine.state.batch)
+        if self.iteration_interval and engine.state.iteration % self.iteration_interval == 0:
+            self.logger.info(
+                "epoch %d iteration %d/%d loss %.4f",
+                engine.state.epoch,
+                (engine.state.iteration - 1) % (engine.state.epoch_length or 1) + 1,
+                engine.state.epoch_length or 0,
+                self._loss(engine),
+            )
+
+    def _epoch_completed(self, engine) -> None:
+        now = time.perf_counter()
+        epoch_time = now - self._epoch_start
+        done, total = engine.state.epoch, engine.state.max_epochs or engine.state.epoch
+        per_epoch = (now - self._run_start) / max(done - self._start_epoch, 1)
+        eta = per_epoch * (total - done)
+        self.logger.info(
+            "epoch %d/%d done in %.1f s: loss %.4f, lr %.3g, %.1f slices/s, ETA %s",
+            done,
+            total,
+            epoch_time,
+            self._loss(engine),
+            self._lr(engine),
+            self._samples / max(epoch_time, 1e-9),
+            time.strftime("%H:%M:%S", time.gmtime(eta)),
+        )
+
+
+def latest_checkpoint(folder: str | Path, prefix: str = "checkpoint") -> Path | None:
+    """The checkpoint with the highest epoch number written by CheckpointSaver(file_prefix=prefix), or None."""
+    pattern = re.compile(rf"{re.escape(prefix)}.*?=(\d+)\.pt$")
+    found = [(int(m.group(1)), p) for p in Path(folder).glob(f"{prefix}*.pt") if (m := pattern.search(p.name))]
+    return max(found)[1] if found else None
+
+
+class ResumeFromLatest:
+    """Resume training from the newest `checkpoint_*.pt` in `load_dir` (model, optimizer, scheduler, and the
+    trainer's epoch and iteration) when `enabled`; a clear error when resuming is asked for but nothing was saved.
+
+    Args:
+        load_dir: folder that CheckpointSaver writes the latest state to.
+        load_dict: objects to restore, as given to CheckpointSaver.
+        enabled: the config key `resume`.
+        map_location: where to load tensors (the training device).
+        prefix: CheckpointSaver's `file_prefix`.
+    """
+
+    def __init__(
+        self,
+        load_dir: str,
+        load_dict: Mapping[str, Any],
+        enabled: bool = False,
+        map_location: Any = None,
+        prefix: str = "checkpoint",
+    ) -> None:
+        self.load_dir, self.load_dict, self.enabled = Path(load_dir), dict(load_dict), bool(enabled)
+        self.map_location, self.prefix = map_location, prefix
+
+    def attach(self, engine) -> None:
+        if not self.enabled:
+            return
+        path = latest_checkpoint(self.load_dir, self.prefix)
+        if path is None:
+            raise FileNotFoundError(
+                f"resume was requested but {self.load_dir} holds no {self.prefix}_*.pt file; train without "
+                "--resume first, or point ckpt_dir at the run to resume"
+            )
+        logger.info("resuming from %s", path)
+        load_dict = {**self.load_dict, "trainer": engine}  # the trainer state restores epoch and iteration
+        CheckpointLoader(str(path), load_dict, map_location=self.map_location, strict=True).attach(engine)
+
+
+class TrainingStateSaver(CheckpointSaver):
+    """CheckpointSaver that also saves the engine it is attached to (epoch, iteration), so `ResumeFromLatest` can
+    continue an interrupted run; a config cannot name the trainer inside the trainer's own handler list."""
+
+    def attach(self, engine) -> None:
+        self.save_dict["trainer"] = engine  # the same dict object the internal ignite Checkpoint saves
+        super().attach(engine)

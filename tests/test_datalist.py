@@ -1,0 +1,189 @@
+"""Datalists: layouts, subject-level splits, and one clear message for every problem in a dataset."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from scripts.datalist import (
+    DatasetError,
+    case_name,
+    find_pairs,
+    prepare_datalist,
+    scan_datalist,
+    split_by_subject,
+    subject_id,
+    validate_entries,
+)
+
+SPACING = np.diag([0.7, 0.5, 0.5, 1.0])
+
+
+def write_nifti(path: Path, data: np.ndarray, affine: np.ndarray = SPACING) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(nib.Nifti1Image(data, affine), str(path))
+    return path
+
+
+def label_volume(shape=(6, 8, 8)) -> np.ndarray:
+    label = np.zeros(shape, np.uint8)
+    label[2:4, 2:6, 2:4] = 2
+    label[2:4, 2:6, 5:7] = 4
+    return label
+
+
+def make_cm_layout(root: Path, cases=("a_001", "b_002", "c_003"), test=("d_004",)) -> Path:
+    for split, names in (("Tr", cases), ("Ts", test)):
+        for name in names:
+            write_nifti(root / f"images{split}" / f"{name}_0000.nii.gz", np.random.rand(6, 8, 8).astype(np.float32))
+            write_nifti(root / f"labels{split}" / f"{name}.nii.gz", label_volume())
+    return root
+
+
+@pytest.mark.parametrize(
+    "name,case,subject",
+    [
+        ("9014797_00m.nii.gz", "9014797_00m", "9014797"),
+        ("9014797.segmentation_masks.mhd", "9014797", "9014797"),
+        ("knee_001_0000.nii.gz", "knee_001", "knee_001"),
+        ("scan.nrrd", "scan", "scan"),
+    ],
+)
+def test_case_and_subject(name, case, subject):
+    assert case_name(name) == case
+    assert subject_id(case_name(name)) == subject
+
+
+def test_pairs_in_oaizib_cm_layout(tmp_path):
+    root = make_cm_layout(tmp_path / "ds")
+    splits = prepare_datalist(str(root), num_val=1, validate=True, label_preset="oai-zib")
+    assert len(splits["training"]) == 2 and len(splits["validation"]) == 1
+    assert [Path(e["image"]).name for e in splits["test"]] == ["d_004_0000.nii.gz"]
+    for entry in splits["training"] + splits["validation"]:
+        assert case_name(entry["image"]) == case_name(entry["label"])
+
+
+def test_unpaired_files_are_all_reported(tmp_path):
+    root = make_cm_layout(tmp_path / "ds")
+    (root / "labelsTr" / "b_002.nii.gz").unlink()
+    write_nifti(root / "labelsTr" / "z_999.nii.gz", label_volume())
+    with pytest.raises(DatasetError) as err:
+        find_pairs(root / "imagesTr", root / "labelsTr")
+    assert "image without label" in str(err.value) and "b_002_0000.nii.gz" in str(err.value)
+    assert "label without image" in str(err.value) and "z_999.nii.gz" in str(err.value)
+
+
+def test_split_never_puts_one_subject_in_two_splits():
+    entries = [{"subject": f"9{n:06d}", "case": f"9{n:06d}_{v}"} for n in range(20) for v in ("00m", "48m")]
+    for seed in range(5):
+        splits = split_by_subject(entries, num_val=4, num_test=3, seed=seed)
+        subjects = {k: {e["subject"] for e in v} for k, v in splits.items()}
+        assert not subjects["training"] & subjects["validation"]
+        assert not subjects["training"] & subjects["test"]
+        assert not subjects["validation"] & subjects["test"]
+        assert (len(subjects["validation"]), len(subjects["test"]), len(subjects["training"])) == (4, 3, 13)
+        assert sum(len(v) for v in splits.values()) == 40
+    assert split_by_subject(entries, 4, 3, seed=1) == split_by_subject(entries, 4, 3, seed=1)
+    assert split_by_subject(entries, 4, 3, seed=1) != split_by_subject(entries, 4, 3, seed=2)
+
+
+def test_split_needs_training_subjects():
+    entries = [{"subject": str(n)} for n in range(3)]
+    with pytest.raises(DatasetError, match="cannot give 2 validation and 1 test"):
+        split_by_subject(entries, 2, 1)
+
+
+def test_split_file_assigns_subjects(tmp_path):
+    root = tmp_path / "labels"
+    for name in ("9000001_00m", "9000001_24m", "9000002_00m", "9000003_00m"):
+        write_nifti(root / f"{name}.nii.gz", label_volume())
+    spec = {"training": ["9000001"], "validation": ["9000002"], "test": ["9000003"]}
+    split_file = tmp_path / "split.json"
+    split_file.write_text(json.dumps(spec))
+    splits = prepare_datalist(str(root), layout="labels", split_file=str(split_file))
+    assert [e["case"] for e in splits["training"]] == ["9000001_00m", "9000001_24m"]
+    assert "image" not in splits["training"][0]
+    spec["test"] = []
+    split_file.write_text(json.dumps(spec))
+    with pytest.raises(DatasetError, match="9000003"):
+        prepare_datalist(str(root), layout="labels", split_file=str(split_file))
+
+
+def _pair(tmp_path: Path, image: np.ndarray, label: np.ndarray, label_affine: np.ndarray = SPACING) -> dict:
+    return {
+        "image": str(write_nifti(tmp_path / "img.nii.gz", image)),
+        "label": str(write_nifti(tmp_path / "lab.nii.gz", label, label_affine)),
+    }
+
+
+def test_validation_catches_shape_mismatch(tmp_path):
+    entry = _pair(tmp_path, np.zeros((6, 8, 8), np.float32) + 1, label_volume((6, 8, 9)))
+    with pytest.raises(DatasetError, match=r"img.nii.gz and .*lab.nii.gz: image shape \(6, 8, 8\) != label shape"):
+        validate_entries([entry], "oai-zib")
+
+
+def test_validation_catches_affine_mismatch(tmp_path):
+    shifted = SPACING.copy()
+    shifted[0, 3] = 5.0
+    entry = _pair(tmp_path, np.ones((6, 8, 8), np.float32), label_volume(), shifted)
+    with pytest.raises(DatasetError, match="geometry .affine. differ by up to 5 mm"):
+        validate_entries([entry], "oai-zib")
+
+
+def test_validation_catches_2d_file(tmp_path):
+    entry = _pair(tmp_path, np.ones((8, 8), np.float32), label_volume())
+    with pytest.raises(DatasetError, match=r"img.nii.gz: a 3D volume is required, got 2D"):
+        validate_entries([entry], "oai-zib")
+
+
+def test_validation_catches_corrupt_file(tmp_path):
+    entry = _pair(tmp_path, np.ones((6, 8, 8), np.float32), label_volume())
+    raw = Path(entry["image"]).read_bytes()
+    Path(entry["image"]).write_bytes(raw[: len(raw) // 2])  # truncated download
+    with pytest.raises(DatasetError, match=r"img.nii.gz: cannot be read"):
+        validate_entries([entry], "oai-zib")
+
+
+def test_validation_catches_unknown_labels_and_nan(tmp_path):
+    image = np.ones((6, 8, 8), np.float32)
+    image[0, 0, 0] = np.nan
+    label = label_volume()
+    label[0, 0, 0] = 7
+    entry = _pair(tmp_path, image, label)
+    with pytest.raises(DatasetError) as err:
+        validate_entries([entry], "oai-zib")
+    assert "2 problem(s)" in str(err.value)
+    assert "NaN" in str(err.value) and "holds values [7]" in str(err.value)
+
+
+def test_empty_folder_and_missing_path(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DatasetError, match="is empty"):
+        prepare_datalist(str(tmp_path / "empty"))
+    with pytest.raises(DatasetError, match="does not exist"):
+        prepare_datalist(str(tmp_path / "nowhere"))
+    with pytest.raises(SystemExit, match="dataset error: dataset_dir .*nowhere does not exist"):
+        prepare_datalist(str(tmp_path / "nowhere"), exit_on_error=True)
+    with pytest.raises(DatasetError, match="no scans in"):
+        scan_datalist(tmp_path / "empty")
+    with pytest.raises(DatasetError, match="datalist is empty"):
+        validate_entries([])
+
+
+def test_scan_datalist_finds_files_and_dicom_folders(tmp_path):
+    write_nifti(tmp_path / "a.nii.gz", np.ones((6, 8, 8), np.float32))
+    (tmp_path / "b.mhd").write_text("ObjectType = Image\n")
+    series = tmp_path / "series_1"
+    series.mkdir()
+    (series / "IM0001").write_bytes(b"\0" * 128 + b"DICM" + b"\0" * 16)
+    (tmp_path / "notes.txt").write_text("not a scan")
+    with gzip.open(tmp_path / "c.nii.gz", "wb") as f:
+        f.write(b"x")
+    names = [Path(e["image"]).name for e in scan_datalist(tmp_path)]
+    assert names == ["a.nii.gz", "b.mhd", "c.nii.gz", "series_1"]
+    assert scan_datalist(tmp_path / "a.nii.gz") == [{"image": str(tmp_path / "a.nii.gz")}]
