@@ -39,7 +39,7 @@ class ProgressLogger:
     def __init__(self, iteration_interval: int = 0, name: str = "progress") -> None:
         self.iteration_interval = int(iteration_interval)
         self.logger = logging.getLogger(name)
-        self._run_start = self._epoch_start = 0.0
+        self._run_start = self._epoch_start = self._last_iteration = 0.0
         self._samples = self._start_epoch = 0
 
     def attach(self, engine) -> None:
@@ -54,7 +54,8 @@ class ProgressLogger:
         self._run_start, self._start_epoch = time.perf_counter(), engine.state.epoch  # epoch > 0 when resumed
 
     def _epoch_started(self, engine) -> None:
-        self._epoch_start, self._samples = time.perf_counter(), 0
+        self._epoch_start = self._last_iteration = time.perf_counter()
+        self._samples = 0
 
     def _loss(self, engine) -> float:
         output = engine.state.output
@@ -69,6 +70,7 @@ class ProgressLogger:
 
     def _iteration_completed(self, engine) -> None:
         self._samples += _batch_size(engine.state.batch)
+        self._last_iteration = time.perf_counter()
         if self.iteration_interval and engine.state.iteration % self.iteration_interval == 0:
             self.logger.info(
                 "epoch %d iteration %d/%d loss %.4f",
@@ -85,13 +87,13 @@ class ProgressLogger:
         per_epoch = (now - self._run_start) / max(done - self._start_epoch, 1)
         eta = per_epoch * (total - done)
         self.logger.info(
-            "epoch %d/%d done in %.1f s: loss %.4f, lr %.3g, %.1f slices/s, ETA %s",
+            "epoch %d/%d done in %.1f s: loss %.4f, lr %.3g, %.1f training slices/s, ETA %s",
             done,
             total,
             epoch_time,
             self._loss(engine),
             self._lr(engine),
-            self._samples / max(epoch_time, 1e-9),
+            self._samples / max(self._last_iteration - self._epoch_start, 1e-9),  # training only, not validation
             time.strftime("%H:%M:%S", time.gmtime(eta)),
         )
 

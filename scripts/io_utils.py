@@ -1,4 +1,4 @@
-"""Atomic, non-clobbering file output: a crash or a full disk never leaves a half-written result under its final name."""
+"""Atomic, non-clobbering output: a crash or a full disk never leaves a half-written file under its final name."""
 
 from __future__ import annotations
 
