@@ -349,6 +349,21 @@ def _is_empty_dir(path: Path) -> bool:
     return not path.exists() or (path.is_dir() and not any(path.iterdir()))
 
 
+def _generate_phantoms_once(root: Path, phantoms: Mapping[str, Any]) -> None:
+    """Generate the embedded-default phantoms into an empty `root`; under torch.distributed only rank 0 writes and
+    every rank waits for it, so parallel processes never race on the same files."""
+    import torch.distributed as dist
+
+    distributed = dist.is_available() and dist.is_initialized()
+    if (not distributed or dist.get_rank() == 0) and _is_empty_dir(root):
+        from scripts.phantom import write_phantom_dataset
+
+        logger.warning("no data in %s: generating knee phantoms there (%s)", root, dict(phantoms))
+        write_phantom_dataset(str(root), **dict(phantoms))
+    if distributed:
+        dist.barrier()
+
+
 def prepare_datalist(
     dataset_dir: str,
     layout: str = "auto",
@@ -385,16 +400,13 @@ def prepare_datalist(
     """
     try:
         root = Path(dataset_dir).expanduser()
+        if phantoms is not None:
+            _generate_phantoms_once(root, phantoms)
         if _is_empty_dir(root):
-            if phantoms is None:
-                raise DatasetError(
-                    f"dataset_dir {root} {'is empty' if root.exists() else 'does not exist'}; point dataset_dir at "
-                    "your data (see README.md), or leave it at its default to generate knee phantoms"
-                )
-            from scripts.phantom import write_phantom_dataset
-
-            logger.warning("no data in %s: generating knee phantoms there (%s)", root, dict(phantoms))
-            write_phantom_dataset(str(root), **dict(phantoms))
+            raise DatasetError(
+                f"dataset_dir {root} {'is empty' if root.exists() else 'does not exist'}; point dataset_dir at "
+                "your data (see README.md), or leave it at its default to generate knee phantoms"
+            )
         found = _collect(root, _detect_layout(root) if layout == "auto" else layout, images_dir)
         pool = found.get("training", [])
         if split_file:
