@@ -1,0 +1,390 @@
+"""Cartilage morphometry: thickness against shapes of known thickness, flags, the M/L split, the CSV, the CLI and the
+inference-config step. Tiny arrays; the one real-anatomy test skips where ../shared is absent."""
+
+from __future__ import annotations
+
+import csv
+import math
+
+import fire
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from monai.data import MetaTensor
+
+from scripts.quantify import (
+    CSV_COLUMNS,
+    CartilageReportd,
+    csv_text,
+    infer_laterality,
+    local_thickness,
+    main,
+    measure_file,
+    measure_label_map,
+    split_plates,
+    weighted_quantile,
+)
+
+SPACINGS = [(0.7, 0.3646, 0.3646), (1.5, 0.3125, 0.3125)]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# synthetic shapes
+# ---------------------------------------------------------------------------------------------------------------------
+def _grid_mm(shape, spacing):
+    """World coordinates (mm) of voxel centres, shape (*shape, 3)."""
+    return np.stack(np.meshgrid(*[np.arange(n) * s for n, s in zip(shape, spacing)], indexing="ij"), axis=-1)
+
+
+def _slab(spacing, thickness, normal, extent=24.0, seed=0):
+    """Voxel-centre digitised slab |n.(x - c)| <= T/2 and a weight mask that keeps away from its cut rims."""
+    shape = tuple(int(extent / s) for s in spacing)
+    xyz = _grid_mm(shape, spacing)
+    centre = xyz.reshape(-1, 3).mean(0) + np.random.default_rng(seed).uniform(-0.5, 0.5, 3)
+    n = np.asarray(normal, float) / np.linalg.norm(normal)
+    mask = np.abs((xyz - centre) @ n) <= thickness / 2
+    interior = np.all(np.abs(xyz - centre) < extent / 2 - 4.0, axis=-1)
+    return mask, interior
+
+
+def _shell(spacing, thickness, kind, radius=14.0, seed=0):
+    """Spherical shell, or cylindrical shell around axis 0 (normals in the sagittal plane, as for cartilage)."""
+    extent = 2 * radius + thickness + 6
+    shape = tuple(int(extent / s) for s in spacing)
+    xyz = _grid_mm(shape, spacing)
+    centre = xyz.reshape(-1, 3).mean(0) + np.random.default_rng(seed).uniform(-0.5, 0.5, 3)
+    offset = xyz - centre
+    if kind == "cylinder":
+        offset = offset[..., 1:]
+    return np.abs(np.linalg.norm(offset, axis=-1) - radius) <= thickness / 2
+
+
+def _surface_mean(result, keep=None):
+    w = result.surface_weight if keep is None else np.where(keep, result.surface_weight, 0)
+    return float(np.average(result.thickness[w > 0], weights=w[w > 0]))
+
+
+def _affine(spacing, origin=(60.0, -40.0, -30.0), flip_x=False):
+    a = np.diag([*spacing, 1.0])
+    a[:3, 3] = origin
+    if flip_x:
+        a[0, 0] = -spacing[0]
+    return a
+
+
+def _knee(shape=(44, 60, 56), medial_low_index=True):
+    """Toy knee in the bundle's classes: a femoral block over two tibial plates separated along axis 0 (left-right).
+    The plate at low axis-0 index is made larger so that it can be recognised after the split."""
+    labels = np.zeros(shape, np.uint8)
+    labels[4:40, 8:52, 36:42] = 1  # femoral cartilage, 6 voxels thick
+    big, small = (slice(3, 19), slice(26, 38)) if medial_low_index else (slice(26, 42), slice(6, 18))
+    labels[big, 10:50, 20:26] = 2
+    labels[small, 14:46, 20:26] = 2
+    return labels
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# thickness against known truth
+# ---------------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("spacing", SPACINGS)
+@pytest.mark.parametrize("axis", [0, 1, 2])
+@pytest.mark.parametrize("n_voxels", [4, 7])
+def test_axis_aligned_slab_exact(spacing, axis, n_voxels):
+    """A slab n voxels thick along an axis is n * spacing thick: the 0.5-level surface is halfway between centres."""
+    shape = [int(20 / s) for s in spacing]
+    mask = np.zeros(shape, bool)
+    index = [slice(None)] * 3
+    index[axis] = slice(shape[axis] // 2, shape[axis] // 2 + n_voxels)
+    mask[tuple(index)] = True
+    result = local_thickness(mask, spacing)
+    interior = np.zeros(shape, bool)
+    inner = [slice(s // 4, 3 * s // 4) for s in shape]
+    interior[tuple(inner)] = True
+    assert _surface_mean(result, interior) == pytest.approx(n_voxels * spacing[axis], abs=0.02)
+
+
+@pytest.mark.parametrize("spacing", SPACINGS)
+@pytest.mark.parametrize("thickness", [1.5, 2.5, 3.5])
+def test_oblique_slab_within_half_voxel(spacing, thickness):
+    """Oblique slabs (normals in the sagittal plane and tilted out of it): mean within half the largest voxel."""
+    rng = np.random.default_rng(int(thickness * 10))
+    errors = []
+    for k, normal in enumerate([(0.0, 1.0, 1.0), (0.3, 1.0, 0.4), (0.5, 0.2, 1.0)]):
+        mask, interior = _slab(spacing, thickness, normal, seed=int(rng.integers(1000)) + k)
+        errors.append(_surface_mean(local_thickness(mask, spacing), interior) - thickness)
+    assert max(abs(e) for e in errors) <= 0.5 * max(spacing), errors
+
+
+@pytest.mark.parametrize("spacing", SPACINGS)
+@pytest.mark.parametrize("kind", ["cylinder", "sphere"])
+@pytest.mark.parametrize("thickness", [1.5, 3.5])
+def test_curved_shell(spacing, kind, thickness):
+    """Curved shells (all surface orientations): mean and median within a quarter of the largest voxel, and the
+    area-weighted summaries do not depend on which axis is coarse."""
+    mask = _shell(spacing, thickness, kind)
+    result = local_thickness(mask, spacing)
+    values, weights = result.thickness[result.surface_weight > 0], result.surface_weight[result.surface_weight > 0]
+    assert np.average(values, weights=weights) == pytest.approx(thickness, abs=0.25 * max(spacing))
+    assert weighted_quantile(values, weights, 0.5) == pytest.approx(thickness, abs=0.25 * max(spacing))
+
+
+def test_sphere_surface_area():
+    """Surface area (both faces of a spherical shell) within 3 % of 4 pi (Ro^2 + Ri^2): faces are not over-counted."""
+    spacing, thickness, radius = SPACINGS[0], 2.5, 14.0
+    area = local_thickness(_shell(spacing, thickness, "sphere", radius), spacing).surface_weight.sum()
+    truth = 4 * math.pi * ((radius + thickness / 2) ** 2 + (radius - thickness / 2) ** 2)
+    assert area == pytest.approx(truth, rel=0.03)
+
+
+def test_thickness_independent_of_array_orientation():
+    """Flipping and permuting the array (with its affine) does not change the numbers: no reorientation is needed."""
+    labels = _knee()
+    spacing = (0.7, 0.3646, 0.3646)
+    base = measure_label_map(labels, _affine(spacing), scan="a").rows
+    permuted = np.transpose(labels, (2, 1, 0))[::-1]
+    affine = np.zeros((4, 4))
+    affine[3, 3] = 1
+    # new axis 0 = old axis 2 reversed, new axis 2 = old axis 0
+    n0 = labels.shape[2]
+    affine[:3, 0] = [0, 0, -spacing[2]]
+    affine[:3, 1] = [0, spacing[1], 0]
+    affine[:3, 2] = [spacing[0], 0, 0]
+    affine[:3, 3] = _affine(spacing)[:3, 3] + [0, 0, (n0 - 1) * spacing[2]]
+    other = measure_label_map(permuted, affine, scan="b").rows
+    for r1, r2 in zip(base, other):
+        assert r1.compartment == r2.compartment
+        assert r1.volume_mm3 == pytest.approx(r2.volume_mm3)
+        assert r1.thickness_mean_mm == pytest.approx(r2.thickness_mean_mm, abs=0.05)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# volume and flags
+# ---------------------------------------------------------------------------------------------------------------------
+def test_volume_is_voxel_count_times_voxel_volume():
+    labels = _knee()
+    spacing = (0.7, 0.3646, 0.3646)
+    rows = {r.compartment: r for r in measure_label_map(labels, _affine(spacing)).rows}
+    vox = float(np.prod(spacing))
+    assert rows["femoral"].volume_mm3 == pytest.approx((labels == 1).sum() * vox, rel=1e-9)
+    assert rows["tibial"].volume_mm3 == pytest.approx((labels == 2).sum() * vox, rel=1e-9)
+    assert rows["tibial_medial"].volume_mm3 + rows["tibial_lateral"].volume_mm3 == pytest.approx(
+        rows["tibial"].volume_mm3
+    )
+
+
+def test_empty_compartment_is_flagged_not_silent():
+    labels = _knee()
+    labels[labels == 2] = 0
+    rows = {r.compartment: r for r in measure_label_map(labels, _affine((0.7, 0.3646, 0.3646))).rows}
+    assert rows["tibial"].volume_mm3 == 0
+    assert math.isnan(rows["tibial"].thickness_mean_mm)
+    assert "empty" in rows["tibial"].flags.split(";")
+    assert "empty" in rows["tibial_medial"].flags.split(";")
+    assert "empty" not in rows["femoral"].flags
+
+
+def test_thick_over_7mm_flag():
+    labels = np.zeros((30, 60, 60), np.uint8)
+    labels[5:25, 10:50, 15:40] = 1  # 25 voxels * 0.3646 = 9.1 mm thick
+    rows = {r.compartment: r for r in measure_label_map(labels, _affine((0.7, 0.3646, 0.3646))).rows}
+    assert "thick_over_7mm" in rows["femoral"].flags
+    assert rows["femoral"].thickness_p95_mm > 7
+
+
+def test_fragmented_flag():
+    labels = _knee()
+    labels[20:24, :, :][labels[20:24] == 1] = 0  # cut the femoral block into two large pieces
+    rows = {r.compartment: r for r in measure_label_map(labels, _affine((0.7, 0.3646, 0.3646))).rows}
+    assert rows["femoral"].n_large_components == 2
+    assert "fragmented" in rows["femoral"].flags
+    assert "fragmented" not in rows["tibial"].flags  # two plates are the tibia's normal anatomy
+
+
+def test_touches_border_flag():
+    labels = _knee()
+    labels[0, 10:50, 36:42] = 1
+    rows = {r.compartment: r for r in measure_label_map(labels, _affine((0.7, 0.3646, 0.3646))).rows}
+    assert "touches_border" in rows["femoral"].flags
+
+
+def test_unknown_label_code_is_an_error():
+    labels = _knee()
+    labels[0, 0, 0] = 7
+    with pytest.raises(ValueError, match="does not know"):
+        measure_label_map(labels, _affine((0.7, 0.3646, 0.3646)))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# laterality and the medial / lateral split
+# ---------------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("x0, expected", [(30.0, "right"), (-30.0, "left"), (5.0, "unknown"), (-5.0, "unknown")])
+def test_laterality_from_ras_x(x0, expected):
+    """RAS x grows toward the patient's right: a knee at +x is a right knee; near the midline we do not guess."""
+    assert infer_laterality(x0, True)[0] == expected
+
+
+def test_laterality_override_and_conflict():
+    assert infer_laterality(30.0, True, "left") == ("left", "override", True)
+    assert infer_laterality(30.0, True, "right") == ("right", "override", False)
+    assert infer_laterality(30.0, False) == ("unknown", "none", False)
+
+
+@pytest.mark.parametrize("knee", ["right", "left"])
+def test_medial_lateral_split(knee):
+    """Right knee (at +x): medial plate at low x. Left knee (mirrored affine, at -x): medial plate at high x. The
+    array is the same, so in both cases the big plate (low index = low x right, high x left) must be medial."""
+    spacing = (0.7, 0.3646, 0.3646)
+    labels = _knee()
+    if knee == "right":
+        affine = _affine(spacing, origin=(60.0, -40.0, -30.0))
+    else:
+        affine = _affine(spacing, origin=(-60.0, -40.0, -30.0), flip_x=True)
+    big = (labels[:22] == 2).sum() * np.prod(spacing)
+    rows = {r.compartment: r for r in measure_label_map(labels, affine).rows}
+    assert rows["femoral"].laterality == knee and rows["femoral"].laterality_source == "affine"
+    assert rows["tibial_medial"].volume_mm3 == pytest.approx(big)
+    assert rows["tibial_lateral"].volume_mm3 == pytest.approx(rows["tibial"].volume_mm3 - big)
+    assert rows["tibial_medial"].ml_split == "anatomy"
+    assert "ml_split_uncertain" not in rows["tibial_medial"].flags
+
+
+def test_unknown_laterality_names_plates_not_sides():
+    labels = _knee()
+    rows = measure_label_map(labels, np.diag([0.7, 0.3646, 0.3646, 1.0]), has_geometry=False).rows
+    names = [r.compartment for r in rows]
+    assert names == ["femoral", "tibial", "tibial_plate_A", "tibial_plate_B"]
+    assert all("laterality_unknown" in r.flags for r in rows)
+    assert all(r.laterality == "unknown" for r in rows)
+
+
+def test_split_plates_finds_the_gap():
+    spacing = (0.7, 0.3646, 0.3646)
+    affine = _affine(spacing)
+    split = split_plates(_knee() == 2, affine)
+    gap_x = affine[0, 3] + np.array([19, 25]) * spacing[0]  # plates end at index 18 and start at 26
+    assert gap_x[0] <= split.split_x_mm <= gap_x[1]
+    assert not split.uncertain and split.depth_ratio == 0
+
+
+def test_oaizib_cm_codes_used_and_anatomical_split_agrees():
+    """OAIZIB-CM labels the plates (4 medial, 5 lateral): they are used directly, and the anatomical split (with the
+    laterality from the affine) agrees with them on a synthetic right knee on every voxel."""
+    spacing = (0.7, 0.3646, 0.3646)
+    toy = _knee()
+    labels = np.zeros_like(toy)
+    labels[toy == 1] = 2  # femoral cartilage code in OAI-ZIB
+    tibial = toy == 2
+    labels[tibial & (np.arange(toy.shape[0]) < 22)[:, None, None]] = 4  # low x = medial on a right knee
+    labels[tibial & (np.arange(toy.shape[0]) >= 22)[:, None, None]] = 5
+    affine = _affine(spacing)
+    coded = {r.compartment: r for r in measure_label_map(labels, affine, label_preset="oaizib-cm").rows}
+    anatomical = {r.compartment: r for r in measure_label_map(toy, affine).rows}
+    assert coded["tibial_medial"].ml_split == "labels"
+    assert "ml_labels_disagree" not in coded["tibial_medial"].flags
+    for side in ("tibial_medial", "tibial_lateral"):
+        assert coded[side].volume_mm3 == pytest.approx(anatomical[side].volume_mm3)  # 100 % voxel agreement
+    wrong = {r.compartment: r for r in measure_label_map(labels, affine, "x", "oaizib-cm", "left").rows}
+    assert "ml_labels_disagree" in wrong["tibial_medial"].flags  # a wrong side is caught, not silently used
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# CSV, files, CLI, transform
+# ---------------------------------------------------------------------------------------------------------------------
+def test_csv_header_and_rows():
+    rows = measure_label_map(_knee(), _affine((0.7, 0.3646, 0.3646)), scan="knee1").rows
+    rows += measure_label_map(_knee(), _affine((0.7, 0.3646, 0.3646)), scan="knee2").rows
+    table = list(csv.reader(csv_text(rows).splitlines()))
+    assert tuple(table[0]) == CSV_COLUMNS
+    assert len(table) == 1 + 2 * 4  # one row per scan and compartment
+    for column in ("volume_mm3", "surface_area_mm2", "thickness_mean_mm", "thickness_p95_mm"):
+        assert column in table[0]
+    keys = [(r[0], r[1]) for r in table[1:]]
+    assert len(set(keys)) == len(keys)
+    assert all(len(r) == len(CSV_COLUMNS) for r in table)
+
+
+def _write_nifti(path, labels, affine):
+    nib.save(nib.Nifti1Image(labels.astype(np.uint8), affine), str(path))
+    return path
+
+
+def test_cli_end_to_end_and_overwrite_refusal(tmp_path):
+    spacing = (0.7, 0.3646, 0.3646)
+    a = _write_nifti(tmp_path / "a.nii.gz", _knee(), _affine(spacing))
+    b = _write_nifti(tmp_path / "b.nii.gz", _knee(), _affine(spacing, origin=(-60.0, -40.0, -30.0), flip_x=True))
+    out = tmp_path / "out" / "m.csv"
+    argv = [str(a), str(b), "--output", str(out), "--thickness_dir", str(tmp_path / "maps")]
+    argv += ["--png_dir", str(tmp_path / "png")]
+    fire.Fire(main, command=argv)
+    table = list(csv.DictReader(out.open()))
+    assert [(r["scan"], r["compartment"]) for r in table][:2] == [("a", "femoral"), ("a", "tibial")]
+    assert len(table) == 8
+    assert {r["laterality"] for r in table} == {"right", "left"}
+    assert (tmp_path / "png" / "a_overview.png").stat().st_size > 1000
+    with pytest.raises(FileExistsError):
+        main(str(a), output=str(out))
+    main(str(a), output=str(out), overwrite=True)
+    assert len(list(csv.DictReader(out.open()))) == 4
+
+
+def test_thickness_map_has_input_geometry(tmp_path):
+    affine = _affine((0.7, 0.3646, 0.3646))
+    affine[:3, :3] = affine[:3, :3] @ np.array([[0.99, -0.14, 0], [0.14, 0.99, 0], [0, 0, 1]])  # oblique scan
+    src = _write_nifti(tmp_path / "k.nii.gz", _knee(), affine)
+    main(str(src), output=str(tmp_path / "m.csv"), thickness_dir=str(tmp_path))
+    source, thickness = nib.load(str(src)), nib.load(str(tmp_path / "k_thickness.nii.gz"))
+    assert thickness.shape == source.shape
+    np.testing.assert_allclose(thickness.affine, source.affine, atol=1e-6)
+    data = thickness.get_fdata()
+    assert np.all(data[_knee() == 0] == 0) and np.all(data[_knee() > 0] > 0)
+
+
+def test_measure_file_reads_metaimage(tmp_path):
+    """OAI-ZIB ships .mhd masks: read through MONAI's ITK reader, geometry preserved."""
+    itk = pytest.importorskip("itk")
+    labels = _knee()
+    image = itk.image_from_array(np.ascontiguousarray(np.transpose(labels, (2, 1, 0))))  # itk wants z, y, x
+    image.SetSpacing([0.7, 0.3646, 0.3646])
+    image.SetOrigin([-60.0, 40.0, -30.0])  # LPS: x = -60 is RAS +60, the patient's right
+    itk.imwrite(image, str(tmp_path / "k.mhd"))
+    _, m = measure_file(tmp_path / "k.mhd")
+    rows = {r.compartment: r for r in m.rows}
+    assert rows["femoral"].volume_mm3 == pytest.approx((labels == 1).sum() * 0.7 * 0.3646 * 0.3646, rel=1e-4)
+    assert rows["femoral"].laterality == "right"
+
+
+def test_cartilage_reportd_writes_outputs(tmp_path):
+    affine = torch.as_tensor(_affine((0.7, 0.3646, 0.3646)))
+    pred = MetaTensor(torch.as_tensor(_knee()[None].astype(np.float32)), affine=affine)
+    pred.meta["filename_or_obj"] = str(tmp_path / "scans" / "knee7.nii.gz")
+    image = MetaTensor(torch.rand(1, 8, 8, 8), affine=affine)  # another shape: blank background, no crash
+    step = CartilageReportd(keys="pred", output_dir=str(tmp_path / "out"))
+    data = {"pred": pred, "image": image}
+    out = step(data)
+    assert out["pred"] is pred and out["image"] is image
+    assert len(out["measurements"]) == 4
+    for name in ("knee7_thickness.nii.gz", "knee7_overview.png", "measurements.csv"):
+        assert (tmp_path / "out" / name).is_file(), name
+    thickness = nib.load(str(tmp_path / "out" / "knee7_thickness.nii.gz"))
+    np.testing.assert_allclose(thickness.affine, affine.numpy(), atol=1e-6)
+    assert thickness.shape == _knee().shape
+    pred2 = pred.clone()
+    pred2.meta["filename_or_obj"] = str(tmp_path / "scans" / "knee8.nii.gz")
+    step({"pred": pred2})
+    assert len(list(csv.DictReader((tmp_path / "out" / "measurements.csv").open()))) == 8
+    with pytest.raises(FileExistsError):  # a new run does not clobber the previous run's CSV
+        CartilageReportd(keys="pred", output_dir=str(tmp_path / "out"), write_png=False)({"pred": pred2})
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# real anatomy
+# ---------------------------------------------------------------------------------------------------------------------
+@pytest.mark.shared
+def test_real_oai_map_femoral_thickness(oai_label_files):
+    _, m = measure_file(oai_label_files[0], label_preset="oai-labels")
+    rows = {r.compartment: r for r in m.rows}
+    assert 1.0 <= rows["femoral"].thickness_mean_mm <= 3.5
+    assert 1.0 <= rows["tibial"].thickness_mean_mm <= 3.5
+    assert rows["femoral"].laterality in ("left", "right")
+    assert "empty" not in rows["tibial_medial"].flags and "empty" not in rows["tibial_lateral"].flags
