@@ -1,18 +1,33 @@
-"""Ignite handlers MONAI lacks: an epoch log line with throughput and ETA, and resuming from the latest checkpoint."""
+"""Ignite handlers MONAI lacks: progress lines with ETA, exact resume of an interrupted training (per-epoch seeding,
+full state incl. the best validation metric), and an atomic best-model saver that survives a resume."""
 
 from __future__ import annotations
 
 import logging
+import random
 import re
 import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from monai.handlers import CheckpointLoader, CheckpointSaver
 
-__all__ = ["ProgressLogger", "ResumeFromLatest", "TrainingStateSaver", "latest_checkpoint"]
+from scripts.io_utils import atomic_path
+
+__all__ = [
+    "ProgressLogger",
+    "EpochSeeder",
+    "BestModelSaver",
+    "ResumeFromLatest",
+    "TrainingStateSaver",
+    "latest_checkpoint",
+    "check_run_dir",
+]
+
+BEST_METRIC_KEYS = ("best_metric", "best_metric_epoch")
 
 logger = logging.getLogger(__name__)
 
@@ -98,6 +113,87 @@ class ProgressLogger:
         )
 
 
+class EpochSeeder:
+    """Seed every random source from (seed, epoch) when an epoch starts and restart the data iterator, so epoch k
+    draws the same slices, augmentations and shuffling whether the run went straight through or was resumed at k.
+
+    Args:
+        seed: the config key `seed`.
+    """
+
+    def __init__(self, seed: int) -> None:
+        self.seed = int(seed)
+
+    def attach(self, engine) -> None:
+        from ignite.engine import Events
+
+        engine.add_event_handler(Events.EPOCH_STARTED, self)
+
+    def __call__(self, engine) -> None:
+        epoch_seed = (self.seed * 1_000_003 + engine.state.epoch) % (2**31)
+        random.seed(epoch_seed)
+        np.random.seed(epoch_seed)
+        torch.manual_seed(epoch_seed)
+        dataset = getattr(engine.state.dataloader, "dataset", None)
+        transform = getattr(dataset, "transform", None)
+        if hasattr(transform, "set_random_state"):
+            transform.set_random_state(seed=epoch_seed)
+        engine.set_data(engine.state.dataloader)  # a fresh iterator: shuffling and worker seeds drawn just now
+
+
+class BestModelSaver:
+    """Write the network's plain state_dict to `save_path` (atomically) whenever the evaluator's key metric reaches a
+    new best. The best value lives in the evaluator's state, which the training checkpoint saves and a resume restores,
+    so a resumed run never replaces a better model.pt with a worse one.
+
+    Args:
+        network: the module whose weights are saved (unwrapped, not DDP).
+        save_path: the model file (`models/model.pt`).
+    """
+
+    def __init__(self, network: torch.nn.Module, save_path: str) -> None:
+        self.network, self.save_path = network, Path(save_path)
+
+    def attach(self, engine) -> None:
+        from ignite.engine import Events
+
+        track_best_metric(engine)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self)
+
+    def __call__(self, engine) -> None:
+        if engine.state.best_metric_epoch != engine.state.epoch:
+            return
+        with atomic_path(self.save_path) as tmp:
+            torch.save(self.network.state_dict(), tmp)
+        logger.info(
+            "saved %s (%s %.4f at epoch %d)",
+            self.save_path,
+            "best metric",
+            engine.state.best_metric,
+            engine.state.epoch,
+        )
+
+
+def track_best_metric(evaluator) -> None:
+    """Make the evaluator's best metric part of its state_dict (MONAI keeps it out), so checkpoints carry it."""
+    for key in BEST_METRIC_KEYS:
+        if key not in evaluator.state_dict_user_keys:
+            evaluator.state_dict_user_keys.append(key)
+
+
+def check_run_dir(ckpt_dir: str, resume: bool = False, overwrite: bool = False) -> bool:
+    """Refuse to start a fresh training over the models of an earlier run in `ckpt_dir` (exit with a clear message)
+    unless the user resumes it or sets `overwrite`."""
+    folder = Path(ckpt_dir)
+    earlier = sorted(p.name for p in folder.glob("*.pt")) if folder.is_dir() else []
+    if earlier and not resume and not overwrite:
+        raise SystemExit(
+            f"error: {folder} already holds {', '.join(earlier[:4])} from an earlier run. Continue it with "
+            "--resume true, write elsewhere with --ckpt_dir DIR, or replace it with --overwrite true."
+        )
+    return True
+
+
 def latest_checkpoint(folder: str | Path, prefix: str = "checkpoint") -> Path | None:
     """The checkpoint with the highest epoch number written by CheckpointSaver(file_prefix=prefix), or None."""
     pattern = re.compile(rf"{re.escape(prefix)}.*?=(\d+)\.pt$")
@@ -139,13 +235,18 @@ class ResumeFromLatest:
             )
         logger.info("resuming from %s", path)
         load_dict = {**self.load_dict, "trainer": engine}  # the trainer state restores epoch and iteration
+        if "validator" in load_dict:
+            track_best_metric(load_dict["validator"])
         CheckpointLoader(str(path), load_dict, map_location=self.map_location, strict=True).attach(engine)
 
 
 class TrainingStateSaver(CheckpointSaver):
     """CheckpointSaver that also saves the engine it is attached to (epoch, iteration), so `ResumeFromLatest` can
-    continue an interrupted run; a config cannot name the trainer inside the trainer's own handler list."""
+    continue an interrupted run (a config cannot name the trainer inside the trainer's own handler list), and the
+    validator's best metric when a `validator` is in `save_dict`."""
 
     def attach(self, engine) -> None:
         self.save_dict["trainer"] = engine  # the same dict object the internal ignite Checkpoint saves
+        if "validator" in self.save_dict:
+            track_best_metric(self.save_dict["validator"])
         super().attach(engine)

@@ -1,0 +1,179 @@
+"""End to end through MONAI's own runner, as a user runs it: train -> evaluate -> infer on tiny phantoms, exact
+resume of a killed training, determinism, and the clear errors a user sees for a wrong path or a reused run folder."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from scripts.phantom import write_phantom_dataset
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = [
+    "--network_def#features",
+    "[8,16,32,64,128]",
+    "--network_def#reference_size",
+    "64",
+    "--inplane_spacing",
+    "-1",
+    "--num_workers",
+    "0",
+    "--batch_size",
+    "8",
+    "--slices_per_volume",
+    "4",
+    "--slices_per_epoch",
+    "16",
+    "--sw_batch_size",
+    "16",
+    "--amp",
+    "false",
+]
+
+pytestmark = pytest.mark.slow
+
+
+def bundle(
+    *args: str, config: str | list[str] = "configs/train.json", check: bool = True
+) -> subprocess.CompletedProcess:
+    """Run `python -m monai.bundle run` from the repository root, like a user."""
+    configs = config if isinstance(config, str) else "[" + ",".join(f"'{c}'" for c in config) + "]"
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", configs, *args]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=env, timeout=600)
+    if check and result.returncode != 0:
+        raise AssertionError(
+            f"{' '.join(cmd)} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+        )
+    return result
+
+
+@pytest.fixture(scope="module")
+def phantoms(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("phantoms")
+    write_phantom_dataset(root / "data", num_cases=7, num_test=2, shape=(16, 64, 64), seed=3)
+    return root / "data"
+
+
+def train(data: Path, run: Path, *extra: str, epochs: int = 3, check: bool = True) -> subprocess.CompletedProcess:
+    return bundle(
+        "--dataset_dir", str(data), "--ckpt_dir", str(run / "models"), "--output_dir", str(run / "eval"),
+        "--max_epochs", str(epochs), "--val_interval", "1", *TINY, *extra, check=check,
+    )  # fmt: skip
+
+
+def state(path: Path) -> dict[str, torch.Tensor]:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def checkpoint(run: Path, epoch: int) -> dict:
+    return state(run / "models" / f"checkpoint_checkpoint_epoch={epoch}.pt")
+
+
+def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    different = [k for k in a if not torch.equal(a[k], b[k])]
+    assert different == [], f"{len(different)} tensors differ, e.g. {different[:3]}"
+
+
+@pytest.fixture(scope="module")
+def trained(phantoms, tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("run_a")
+    train(phantoms, run)
+    return run
+
+
+def test_training_writes_models_and_logs(trained):
+    models = trained / "models"
+    assert (models / "model.pt").is_file() and (models / "checkpoint_checkpoint_epoch=3.pt").is_file()
+    weights = state(models / "model.pt")
+    assert all(isinstance(v, torch.Tensor) for v in weights.values())  # a plain state_dict (Zoo, MONAI Label)
+    assert any((trained / "eval" / "logs").glob("events.out.tfevents.*"))
+    full = checkpoint(trained, 3)
+    assert {"model", "optimizer", "lr_scheduler", "trainer", "validator"} <= full.keys()
+    assert full["trainer"]["iteration"] == 3 * 2 and "best_metric" in full["validator"]  # 2 iterations per epoch
+
+
+def test_same_seed_gives_identical_weights(phantoms, trained, tmp_path):
+    train(phantoms, tmp_path)
+    assert_same_weights(checkpoint(trained, 3)["model"], checkpoint(tmp_path, 3)["model"])
+
+
+def test_killed_training_resumes_to_the_same_weights(phantoms, trained, tmp_path):
+    # an epoch is 16 // 8 = 2 iterations: die hard (no cleanup, like SIGKILL) in the middle of epoch 3
+    kill = tmp_path / "kill.json"
+    kill.write_text(
+        json.dumps(
+            {
+                "+train#handlers": [
+                    "$type('Kill', (), {'attach': lambda self, e: e.add_event_handler("
+                    "ignite.engine.Events.ITERATION_COMPLETED(once=5), lambda _: os._exit(17))})()"
+                ]
+            }
+        )
+    )
+    killed = bundle(
+        "--dataset_dir", str(phantoms), "--ckpt_dir", str(tmp_path / "models"), "--output_dir", str(tmp_path / "eval"),
+        "--max_epochs", "3", "--val_interval", "1", *TINY, config=["configs/train.json", str(kill)], check=False,
+    )  # fmt: skip
+    assert killed.returncode == 17
+    assert not (tmp_path / "models" / "checkpoint_checkpoint_epoch=3.pt").exists()
+    refused = train(phantoms, tmp_path, check=False)  # a fresh run must not silently replace the killed one
+    assert refused.returncode != 0 and "--resume true" in refused.stderr + refused.stdout
+    train(phantoms, tmp_path, "--resume", "true")
+    assert_same_weights(checkpoint(trained, 3)["model"], checkpoint(tmp_path, 3)["model"])
+    assert_same_weights(state(trained / "models" / "model.pt"), state(tmp_path / "models" / "model.pt"))
+    assert checkpoint(tmp_path, 3)["validator"]["best_metric"] == checkpoint(trained, 3)["validator"]["best_metric"]
+
+
+def test_evaluate_writes_both_protocols(phantoms, trained):
+    bundle(
+        "--dataset_dir", str(phantoms), "--ckpt_dir", str(trained / "models"), "--output_dir", str(trained / "eval"),
+        *TINY, config=["configs/train.json", "configs/evaluate.json"],
+    )  # fmt: skip
+    out = trained / "eval" / "evaluation"
+    summary = json.loads((out / "summary.json").read_text())
+    assert {(e["protocol"], e["class"]) for e in summary} == {
+        (p, c) for p in ("volume", "paper") for c in ("femoral cartilage", "tibial cartilage")
+    }
+    volume = [e for e in summary if e["protocol"] == "volume"]
+    assert all(e["n"] == 2 for e in volume)  # the two test phantoms
+    assert "| volume | femoral cartilage | EAS U-Net |" in (out / "summary.md").read_text()
+    header = (out / "metrics_volume.csv").read_text().splitlines()[0]
+    assert header == "case,protocol,class,dice,precision,recall,hd,hd95,assd,gt_voxels,pred_voxels,flags"
+
+
+def test_inference_writes_label_maps_in_input_geometry(phantoms, trained, tmp_path):
+    out = tmp_path / "seg"
+    bundle(
+        "--dataset_dir", str(phantoms / "imagesTs"), "--ckpt_dir", str(trained / "models"), "--output_dir", str(out),
+        *TINY, config="configs/inference.json",
+    )  # fmt: skip
+    for scan in sorted((phantoms / "imagesTs").glob("*.nii.gz")):
+        image = nib.load(scan)
+        seg = nib.load(out / scan.name.replace(".nii.gz", "_seg.nii.gz"))
+        assert seg.shape == image.shape and np.allclose(seg.affine, image.affine)
+        assert seg.get_data_dtype() == np.uint8 and set(np.unique(np.asarray(seg.dataobj))) <= {0, 1, 2}
+        assert (out / scan.name.replace(".nii.gz", "_thickness.nii.gz")).is_file()
+    rows = (out / "measurements.csv").read_text().splitlines()
+    assert rows[0].startswith("scan,compartment,") and len(rows) > 2
+    again = bundle(
+        "--dataset_dir", str(phantoms / "imagesTs"), "--ckpt_dir", str(trained / "models"), "--output_dir", str(out),
+        *TINY, config="configs/inference.json", check=False,
+    )  # fmt: skip
+    assert again.returncode != 0 and "already exists" in again.stderr + again.stdout
+
+
+def test_wrong_dataset_dir_is_one_clear_line(tmp_path):
+    result = train(tmp_path / "no_such_folder", tmp_path, check=False, epochs=1)
+    assert result.returncode != 0
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("dataset error: dataset_dir") and "no_such_folder does not exist" in last
