@@ -4,6 +4,7 @@ problem instead of an index error deep inside a network or a resampler."""
 from __future__ import annotations
 
 from collections.abc import Hashable, Mapping
+from pathlib import Path
 
 import torch
 from monai.config import KeysCollection
@@ -11,7 +12,7 @@ from monai.transforms import MapTransform
 
 from scripts.labels import source_name
 
-__all__ = ["ScanError", "check_scan", "CheckScand"]
+__all__ = ["ScanError", "check_scan", "CheckScand", "require_checkpoint"]
 
 
 class ScanError(ValueError):
@@ -53,3 +54,13 @@ class CheckScand(MapTransform):
         for key in self.key_iterator(d):
             check_scan(d[key], source_name(d[key]), self.min_size)
         return d
+
+
+def require_checkpoint(path: str) -> str:
+    """Exit with one clear line when the model file that evaluation or inference needs is missing."""
+    if not Path(path).is_file():
+        raise SystemExit(
+            f"error: no model checkpoint at {path}. Train one first (README: 'Train on your data'), or point "
+            "--ckpt_dir (or --model_path) at the folder that holds model.pt."
+        )
+    return path

@@ -1,0 +1,245 @@
+"""Figures and tables of a model comparison, made from the runs' own outputs (TensorBoard logs, evaluation
+summaries, checkpoints): the paper's Fig. 8/9 (training loss, validation Dice), Fig. 10 (image / truth / U-Net /
+EAS U-Net overlays) and Table 1 (ours beside the paper's).
+
+    python -m scripts.report curves RUN_DIR... --names "EAS U-Net,U-Net,..." --output docs/images/curves.png
+    python -m scripts.report table RUN_DIR... --names ... --output docs/results_table.md
+    python -m scripts.report dump_slices --configs ... --checkpoints ... --output slices.npz  (where the models are)
+    python -m scripts.report overlays slices.npz --output docs/images/overlays.png
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from scripts.io_utils import atomic_path, atomic_write_text
+
+__all__ = ["read_scalars", "curves", "table", "dump_slices", "overlays", "PAPER_TABLE1"]
+
+#: The seed paper's Table 1 (test set; %, HD in mm).
+PAPER_TABLE1: dict[tuple[str, str], tuple[float, float, float, float]] = {
+    ("femoral cartilage", "U-Net"): (89.13, 90.54, 88.32, 8.13),
+    ("femoral cartilage", "U-Net++"): (89.40, 90.68, 89.74, 7.53),
+    ("femoral cartilage", "Attention U-Net"): (89.17, 90.58, 89.95, 7.26),
+    ("femoral cartilage", "EAS U-Net"): (90.37, 91.69, 90.27, 6.34),
+    ("tibial cartilage", "U-Net"): (88.26, 87.94, 89.36, 5.46),
+    ("tibial cartilage", "U-Net++"): (88.97, 88.23, 88.69, 5.58),
+    ("tibial cartilage", "Attention U-Net"): (88.29, 88.14, 90.20, 5.14),
+    ("tibial cartilage", "EAS U-Net"): (89.90, 89.09, 90.37, 4.34),
+}
+
+
+def _names(names: str | Sequence[str] | None, runs: Sequence[str]) -> list[str]:
+    if names is None:
+        return [Path(r).name for r in runs]
+    out = names.split(",") if isinstance(names, str) else list(names)
+    if len(out) != len(runs):
+        raise ValueError(f"{len(out)} names for {len(runs)} runs")
+    return [n.strip() for n in out]
+
+
+def read_scalars(log_dir: str | Path) -> dict[str, list[tuple[int, float]]]:
+    """All scalar series (tag -> [(step, value)]) of the TensorBoard event files under `log_dir`."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    series: dict[str, list[tuple[int, float]]] = {}
+    files = sorted(Path(log_dir).rglob("events.out.tfevents.*"))
+    if not files:
+        raise FileNotFoundError(f"no TensorBoard event files under {log_dir}")
+    for f in files:
+        acc = EventAccumulator(str(f), size_guidance={"scalars": 0})
+        acc.Reload()
+        for tag in acc.Tags()["scalars"]:
+            series.setdefault(tag, []).extend((e.step, e.value) for e in acc.Scalars(tag))
+    return {tag: sorted(values) for tag, values in series.items()}
+
+
+def _per_epoch(values: list[tuple[int, float]], iterations_per_epoch: int) -> tuple[np.ndarray, np.ndarray]:
+    """Mean of an iteration-level series per epoch (iterations are 1-based)."""
+    steps = np.array([s for s, _ in values])
+    vals = np.array([v for _, v in values])
+    epochs = (steps - 1) // iterations_per_epoch + 1
+    keys = np.unique(epochs)
+    return keys, np.array([vals[epochs == k].mean() for k in keys])
+
+
+def curves(
+    *run_dirs: str,
+    names: str | None = None,
+    output: str = "docs/images/curves.png",
+    iterations_per_epoch: int = 250,
+    log_subdir: str = "logs",
+) -> str:
+    """Training loss per epoch and validation Dice per validation, one line per run (the paper's Fig. 8 and 9)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = _names(names, run_dirs)
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    for run, label in zip(run_dirs, labels):
+        scalars = read_scalars(Path(run) / log_subdir)
+        if "train_loss" in scalars:
+            ep, loss = _per_epoch(scalars["train_loss"], iterations_per_epoch)
+            axes[0].plot(ep, loss, label=label)
+        for ax, tag in ((axes[1], "val_femoral_dice"), (axes[2], "val_tibial_dice")):
+            if tag in scalars:
+                ax.plot([s for s, _ in scalars[tag]], [v for _, v in scalars[tag]], marker="o", label=label)
+    titles = ("training loss (Dice + CE, deep supervision)", "validation Dice, femoral", "validation Dice, tibial")
+    for ax, title in zip(axes, titles):
+        ax.set_title(title)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+    axes[0].legend()
+    fig.tight_layout()
+    with atomic_path(output) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+    return output
+
+
+def _fmt(stats: dict[str, Any], scale: float) -> str:
+    if not stats or not stats.get("n"):
+        return "n/a"
+    sd = stats.get("sd", math.nan)
+    return f"{stats['mean'] * scale:.2f}" + ("" if sd is None or math.isnan(sd) else f" ± {sd * scale:.2f}")
+
+
+def table(*run_dirs: str, names: str | None = None, output: str | None = None, summary: str = "evaluation") -> str:
+    """Markdown Table 1: per structure and model, ours in both protocols beside the paper's numbers."""
+    labels = _names(names, run_dirs)
+    rows = [
+        "| structure | model | protocol | DSC/% | Precision/% | Recall/% | HD/mm | HD95/mm | ASSD/mm | n | empty pred |"
+        " paper DSC / Prec / Rec / HD |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    summaries = {
+        label: json.loads((Path(r) / summary / "summary.json").read_text()) for r, label in zip(run_dirs, labels)
+    }
+    for structure in ("femoral cartilage", "tibial cartilage"):
+        for label in labels:
+            paper = PAPER_TABLE1.get((structure, label))
+            paper_cell = " / ".join(f"{v:.2f}" for v in paper) if paper else "-"
+            for entry in summaries[label]:
+                if entry["class"] != structure:
+                    continue
+                cells = [_fmt(entry[m], 100.0) for m in ("dice", "precision", "recall")]
+                cells += [_fmt(entry[m], 1.0) for m in ("hd", "hd95", "assd")]
+                rows.append(
+                    f"| {structure} | {label} | {entry['protocol']} | "
+                    + " | ".join(cells)
+                    + f" | {entry['n']} | {entry['empty_pred']} | {paper_cell} |"
+                )
+    text = "\n".join(rows) + "\n"
+    if output:
+        atomic_write_text(output, text)
+    return text
+
+
+def dump_slices(
+    configs: str,
+    checkpoints: str,
+    names: str,
+    output: str = "slices.npz",
+    cases: int = 2,
+    split: str = "test",
+    overrides: str = "{}",
+) -> str:
+    """Predict chosen sagittal slices of `cases` test volumes with several models and save image, truth and
+    predictions to an .npz for `overlays` (run where the checkpoints and data are, e.g. on the GPU machine).
+
+    Args:
+        configs: ';'-separated config-file lists, one per model, each ','-separated (the first model's data chain
+            is used for all).
+        checkpoints: ','-separated model.pt paths, one per model.
+        names: ','-separated display names.
+        output: .npz path.
+        cases: test volumes to take slices from (one medial and one lateral slice each).
+        split: datalist split.
+        overrides: JSON dict of config overrides applied to every model (e.g. dataset_dir, split_file).
+    """
+    import torch
+    from monai.bundle import ConfigParser
+    from monai.inferers import SliceInferer
+
+    model_configs = [c.split(",") for c in configs.split(";")]
+    paths, labels = checkpoints.split(","), names.split(",")
+    extra = json.loads(overrides) if isinstance(overrides, str) else dict(overrides)
+    parsers = []
+    for files in model_configs:
+        parser = ConfigParser()
+        parser.read_config(files)
+        parser.update(extra)
+        parsers.append(parser)
+    data = parsers[0].get_parsed_content("datalist")[split][:cases]
+    transform = parsers[0].get_parsed_content("validate#preprocessing")
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    nets = []
+    for parser, path in zip(parsers, paths):
+        net = parser.get_parsed_content("network_def").to(device).eval()
+        net.load_state_dict(torch.load(path, map_location=device, weights_only=True), strict=True)
+        nets.append(net)
+    inferer = SliceInferer(roi_size=(-1, -1), spatial_dim=0, sw_batch_size=32)
+    out: dict[str, Any] = {"names": np.array(labels)}
+    panels = []
+    for item in data:
+        d = transform(dict(item))
+        image, label = d["image"], d["label"]
+        fg = label[0].flatten(1).any(1).nonzero().flatten()
+        picks = [int(fg[len(fg) // 4]), int(fg[3 * len(fg) // 4])] if len(fg) else [label.shape[1] // 2]
+        with torch.inference_mode():
+            preds = [inferer(image[None].to(device), net).argmax(1)[0].cpu().numpy() for net in nets]
+        for s in picks:
+            panels.append((np.asarray(image[0, s]), np.asarray(label[0, s]), [p[s] for p in preds]))
+    out["images"] = np.stack([p[0] for p in panels])
+    out["labels"] = np.stack([p[1] for p in panels])
+    out["predictions"] = np.stack([np.stack(p[2]) for p in panels])  # (panel, model, H, W)
+    with atomic_path(output) as tmp:
+        np.savez_compressed(tmp, **out)
+    return output
+
+
+def overlays(npz: str, output: str = "docs/images/overlays.png", models: str | None = None) -> str:
+    """Image / truth / one column per model (the paper's Fig. 10), femoral cartilage red, tibial blue."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    data = np.load(npz)
+    names = [str(n) for n in data["names"]]
+    keep = [names.index(m) for m in models.split(",")] if models else list(range(len(names)))
+    n = data["images"].shape[0]
+    cols = 2 + len(keep)
+    fig, axes = plt.subplots(n, cols, figsize=(2.6 * cols, 2.6 * n), squeeze=False)
+    colours = np.array([[0, 0, 0, 0], [1, 0.2, 0.2, 0.6], [0.2, 0.5, 1, 0.6]])
+    for r in range(n):
+        image = np.rot90(data["images"][r])
+        layers = [None, data["labels"][r]] + [data["predictions"][r, k] for k in keep]
+        titles = ["image", "truth"] + [names[k] for k in keep]
+        for c in range(cols):
+            ax = axes[r, c]
+            ax.imshow(image, cmap="gray")
+            if layers[c] is not None:
+                ax.imshow(colours[np.rot90(layers[c]).astype(int)])
+            ax.set_axis_off()
+            if r == 0:
+                ax.set_title(titles[c])
+    fig.tight_layout()
+    with atomic_path(output) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
+    plt.close(fig)
+    return output
+
+
+if __name__ == "__main__":
+    import fire
+
+    fire.Fire({"curves": curves, "table": table, "dump_slices": dump_slices, "overlays": overlays})
