@@ -256,7 +256,7 @@ class MultiScaleFusion(nn.Module):
 
     def forward(self, top: torch.Tensor, levels: list[torch.Tensor]) -> list[torch.Tensor]:
         """Return `[fused, top, side_2, side_3, ...]`, all at the top level's size."""
-        size = [int(s) for s in top.shape[2:]]
+        size = top.shape[2:]  # not int()s: tracing (ONNX export) keeps the size dynamic
         sides = [top]
         for i, head in enumerate(self.heads):
             sides.append(F.interpolate(head(levels[i]), size=size, mode=self.interp_mode, align_corners=False))

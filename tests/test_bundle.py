@@ -1,0 +1,228 @@
+"""Model Zoo-style bundle checks: required files, metadata against the schema, network input/output against the
+metadata, TorchScript export, workflow properties of every config combination, and the facts that two standalone
+configs must agree on. Mirrors what the Zoo's CI runs on a submitted bundle, on CPU with tiny phantoms."""
+
+from __future__ import annotations
+
+import ast
+import configparser
+import json
+import logging
+import logging.handlers
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from monai.bundle import ConfigParser, ConfigWorkflow, ckpt_export, verify_metadata, verify_net_in_out
+
+from scripts.phantom import write_phantom_dataset
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = REPO_ROOT / "configs"
+META = CONFIGS / "metadata.json"
+INFERENCE = CONFIGS / "inference.json"
+TRAIN = CONFIGS / "train.json"
+SCHEMA = REPO_ROOT.parent / "shared" / "schemas" / "meta_schema_20240725.json"
+REQUIRED_FILES = [
+    "LICENSE",
+    "configs/metadata.json",
+    "configs/inference.json",
+    "configs/train.json",
+    "configs/evaluate.json",
+    "configs/multi_gpu_train.json",
+    "configs/logging.conf",
+]
+MAX_TRACKED_BYTES = 25 * 1024 * 1024  # the Zoo's limit; larger files go in large_files.yml
+SHARED_FACTS = ["network_def", "inplane_spacing", "intensity_percentiles", "num_classes"]
+NETWORK_OVERRIDES = sorted(p.relative_to(REPO_ROOT).as_posix() for p in (CONFIGS / "networks").glob("*.json"))
+
+
+def load_json(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+@pytest.fixture(scope="module")
+def phantom_dir(tmp_path_factory) -> Path:
+    """Four tiny phantoms (3 training, 1 test) in the OAIZIB-CM layout."""
+    root = tmp_path_factory.mktemp("phantoms")
+    write_phantom_dataset(root, num_cases=4, shape=(16, 64, 64), num_test=1)
+    return root
+
+
+@pytest.fixture(scope="module")
+def random_model(tmp_path_factory) -> Path:
+    """A randomly initialised EAS U-Net from inference.json's `network_def`, saved as a plain state_dict."""
+    parser = ConfigParser()
+    parser.read_config(str(INFERENCE))
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("models") / "model.pt"
+    torch.save(parser.get_parsed_content("network_def").state_dict(), path)
+    return path
+
+
+@pytest.mark.parametrize("name", REQUIRED_FILES)
+def test_required_file_present(name):
+    assert (REPO_ROOT / name).is_file(), f"{name} is required by the bundle specification or the Zoo"
+
+
+def test_version_in_changelog():
+    meta = load_json(META)
+    assert meta["version"] in meta["changelog"]
+    assert next(iter(meta["changelog"])) == meta["version"], "the changelog lists the newest version first"
+
+
+def test_package_versions_match_requirements():
+    """metadata.json and requirements.txt pin the same versions (the Zoo installs from metadata, users from
+    requirements.txt); `optional_packages_version` is the copy older tools read."""
+    meta = load_json(META)
+    pins = {}
+    for line in (REPO_ROOT / "requirements.txt").read_text().splitlines():
+        if "==" in line and not line.lstrip().startswith("#"):
+            name, version = line.split("#")[0].strip().split("==")
+            pins[name.lower()] = version
+    assert meta["optional_packages_version"] == meta["required_packages_version"]
+    expected = {"monai": meta["monai_version"], "torch": meta["pytorch_version"], "numpy": meta["numpy_version"]}
+    expected.update({k.lower(): v for k, v in meta["required_packages_version"].items()})
+    assert {k: pins.get(k) for k in expected} == expected
+
+
+@pytest.mark.shared
+def test_verify_metadata_against_schema():
+    if not SCHEMA.is_file():
+        pytest.skip("../shared/schemas/meta_schema_20240725.json is not present (only on the development machines)")
+    verify_metadata(meta_file=str(META), filepath=str(SCHEMA))  # raises on any schema violation
+
+
+NET_CONFIGS = [["configs/inference.json"]] + [["configs/train.json", n] for n in NETWORK_OVERRIDES]
+
+
+@pytest.mark.parametrize("config", NET_CONFIGS, ids=lambda c: "+".join(Path(f).stem for f in c))
+def test_verify_net_in_out(config):
+    """Each network (EAS U-Net and the baselines) takes and returns what metadata.json's network_data_format says."""
+    verify_net_in_out(
+        net_id="network_def", meta_file=str(META), config_file=[str(REPO_ROOT / c) for c in config], device="cpu"
+    )
+
+
+def test_ckpt_export_scripts_and_matches_eager(tmp_path, random_model):
+    """`ckpt_export network_def` scripts (no tracing) the network; the TorchScript model carries the metadata and
+    gives the eager model's output."""
+    ts_path = tmp_path / "model.ts"
+    ckpt_export(
+        net_id="network_def",
+        filepath=str(ts_path),
+        ckpt_file=str(random_model),
+        meta_file=str(META),
+        config_file=str(INFERENCE),
+    )
+    extra = {"metadata.json": ""}
+    scripted = torch.jit.load(str(ts_path), map_location="cpu", _extra_files=extra)
+    assert json.loads(extra["metadata.json"])["version"] == load_json(META)["version"]
+
+    parser = ConfigParser()
+    parser.read_config(str(INFERENCE))
+    eager = parser.get_parsed_content("network_def")
+    eager.load_state_dict(torch.load(random_model, map_location="cpu", weights_only=True))
+    eager.eval()
+    x = torch.rand(2, 1, 64, 96)
+    with torch.no_grad():
+        expected, actual = eager(x), scripted(x)
+    assert actual.shape == (2, load_json(META)["network_data_format"]["outputs"]["pred"]["num_channels"], 64, 96)
+    assert torch.allclose(actual, expected, atol=1e-4)
+
+
+TRAIN_WORKFLOWS = {
+    "train": ["configs/train.json"],
+    "train+evaluate": ["configs/train.json", "configs/evaluate.json"],
+    "train+train_from_labels": ["configs/train.json", "configs/train_from_labels.json"],
+    "train+demo": ["configs/train.json", "configs/demo.json"],
+    **{f"train+{Path(n).stem}": ["configs/train.json", n] for n in NETWORK_OVERRIDES},
+}
+
+
+@pytest.mark.parametrize("name", sorted(TRAIN_WORKFLOWS))
+def test_train_workflow_properties(name, phantom_dir, random_model, tmp_path):
+    """Every training combination defines the ids MONAI's ConfigWorkflow (and the Zoo, MONAI Label) require."""
+    files = [str(REPO_ROOT / f) for f in TRAIN_WORKFLOWS[name]]
+    ckpt_dir = tmp_path / "models"
+    ckpt_dir.mkdir()
+    if "evaluate" in name:
+        shutil.copy(random_model, ckpt_dir / "model.pt")  # evaluation loads the trained model
+    workflow = ConfigWorkflow(
+        config_file=files,
+        meta_file=str(META),
+        logging_file=str(CONFIGS / "logging.conf"),
+        workflow_type="train",
+        dataset_dir=str(phantom_dir / "labelsTr" if "from_labels" in name else phantom_dir),
+        output_dir=str(tmp_path / "eval"),
+        ckpt_dir=str(ckpt_dir),
+        num_workers=0,
+        cache_rate=0.0,
+    )
+    workflow.initialize()
+    assert workflow.check_properties() == []
+
+
+def test_infer_workflow_properties(phantom_dir, random_model, tmp_path):
+    workflow = ConfigWorkflow(
+        config_file=str(INFERENCE),
+        meta_file=str(META),
+        logging_file=str(CONFIGS / "logging.conf"),
+        workflow_type="infer",
+        dataset_dir=str(phantom_dir / "imagesTs"),
+        output_dir=str(tmp_path / "out"),
+        ckpt_dir=str(random_model.parent),
+        num_workers=0,
+    )
+    workflow.initialize()
+    assert workflow.check_properties() == []
+
+
+@pytest.mark.parametrize("key", SHARED_FACTS)
+def test_inference_and_train_configs_agree(key):
+    """inference.json is standalone (MONAI Label and users run it alone), so it repeats a few facts of train.json;
+    a model trained with one must be run with the same network, spacing, scaling and classes."""
+    assert load_json(INFERENCE)[key] == load_json(TRAIN)[key]
+
+
+def test_metadata_agrees_with_configs():
+    pred = load_json(META)["network_data_format"]["outputs"]["pred"]
+    assert pred["num_channels"] == load_json(TRAIN)["num_classes"]
+    assert pred["channel_def"] == {"0": "background", "1": "femoral cartilage", "2": "tibial cartilage"}
+
+
+def test_logging_conf_uses_standard_classes_only():
+    """monai >= 1.6 refuses logging configs that import other classes or evaluate non-literal args."""
+    parser = configparser.ConfigParser(interpolation=None)
+    parser.read(CONFIGS / "logging.conf")
+    for section in parser.sections():
+        if not section.startswith(("handler_", "formatter_")):
+            continue
+        cls = parser[section].get("class")
+        if cls:
+            name = cls.removeprefix("logging.").removeprefix("handlers.")
+            assert hasattr(logging, name) or hasattr(logging.handlers, name), f"[{section}] class={cls}"
+        if "args" in parser[section]:
+            ast.literal_eval(parser[section]["args"])  # literal only
+
+
+def test_no_large_tracked_files():
+    if not (REPO_ROOT / ".git").exists() or shutil.which("git") is None:
+        pytest.skip("not a git checkout")
+    files = subprocess.run(["git", "ls-files", "-z"], cwd=REPO_ROOT, capture_output=True, check=True).stdout
+    sizes = {f: (REPO_ROOT / f).stat().st_size for f in files.decode().split("\0") if f and (REPO_ROOT / f).is_file()}
+    assert {f: s for f, s in sizes.items() if s > MAX_TRACKED_BYTES} == {}
+
+
+@pytest.mark.parametrize("args", [["check"], ["format", "--check"]], ids=["lint", "format"])
+def test_ruff(args):
+    """Line length 120 and the lint rules of pyproject.toml on the bundle's Python code."""
+    if subprocess.run([sys.executable, "-m", "ruff", "--version"], capture_output=True).returncode != 0:
+        pytest.skip("ruff is not installed (requirements-dev.txt)")
+    result = subprocess.run(
+        [sys.executable, "-m", "ruff", *args, "scripts", "tests"], cwd=REPO_ROOT, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stdout + result.stderr

@@ -1,0 +1,81 @@
+"""ONNX export (`python -m scripts.export onnx`): the eval-mode network, dynamic batch and in-plane size, opset 18,
+onnxruntime output equal to PyTorch within 1e-4; strict weight loading; no silent overwrite."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from monai.bundle import ConfigParser
+
+from scripts.export import DEFAULT_OPSET, check_onnx, load_network
+from scripts.export import onnx as export_onnx_cli
+
+onnx = pytest.importorskip("onnx", reason="onnx is in requirements-dev.txt")
+onnxruntime = pytest.importorskip("onnxruntime", reason="onnxruntime is in requirements-dev.txt")
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+INFERENCE = REPO_ROOT / "configs" / "inference.json"
+
+
+def random_checkpoint(path: Path, overrides: dict | None = None) -> Path:
+    parser = ConfigParser()
+    parser.read_config(str(INFERENCE))
+    for key, value in (overrides or {}).items():
+        parser[key] = value
+    torch.manual_seed(0)
+    torch.save(parser.get_parsed_content("network_def").state_dict(), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory) -> tuple[Path, Path]:
+    """(checkpoint, model.onnx) written by the documented command line."""
+    root = tmp_path_factory.mktemp("export")
+    checkpoint = random_checkpoint(root / "model.pt")
+    output = root / "model.onnx"
+    cmd = [sys.executable, "-m", "scripts.export", "onnx", "--checkpoint", str(checkpoint), "--output", str(output)]
+    cmd += ["--config", str(INFERENCE)]
+    result = subprocess.run(
+        cmd, cwd=REPO_ROOT, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)}, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return checkpoint, output
+
+
+def test_onnx_model_is_valid_with_documented_opset_and_names(exported):
+    model = onnx.load(str(exported[1]))
+    onnx.checker.check_model(model)
+    assert {o.domain: o.version for o in model.opset_import}.get("", None) == DEFAULT_OPSET == 18
+    assert [i.name for i in model.graph.input] == ["image"]
+    assert [o.name for o in model.graph.output] == ["pred"]
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 64, 64), (3, 1, 48, 112), (1, 1, 160, 96)])
+def test_onnxruntime_matches_pytorch(exported, shape):
+    """Dynamic batch and in-plane size (multiples of 16), within 1e-4 of the eval-mode PyTorch network."""
+    network = load_network(exported[0], INFERENCE)
+    assert check_onnx(network, exported[1], [shape], atol=1e-4) <= 1e-4
+
+
+def test_onnx_output_is_the_fused_map(exported):
+    session = onnxruntime.InferenceSession(str(exported[1]), providers=["CPUExecutionProvider"])
+    outputs = session.run(None, {"image": np.random.default_rng(0).random((2, 1, 32, 32), dtype=np.float32)})
+    assert len(outputs) == 1 and outputs[0].shape == (2, 3, 32, 32)  # eval mode: no deep-supervision side outputs
+
+
+def test_existing_output_is_kept(exported):
+    with pytest.raises(FileExistsError, match="overwrite"):
+        export_onnx_cli(checkpoint=str(exported[0]), output=str(exported[1]), config=str(INFERENCE))
+
+
+def test_checkpoint_of_another_network_is_refused(tmp_path):
+    checkpoint = random_checkpoint(tmp_path / "small.pt", {"network_def#features": [8, 16, 32, 64, 128]})
+    with pytest.raises(RuntimeError, match="size mismatch"):
+        load_network(checkpoint, INFERENCE)
+    assert not (tmp_path / "model.onnx").exists()
