@@ -1,0 +1,210 @@
+"""scripts/benchmark.py in --quick mode on CPU: it runs, writes JSON of the right structure, and its values are sane.
+
+No timing thresholds here (speed is proved by the benchmark itself on the target device, not by a timed test).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from scripts.benchmark import MEASUREMENTS, MODELS, Variant, run
+
+TINY = (8, 16, 32, 64, 128)
+
+# (measurement, metric, unit) rows expected for every model in the quick run below
+EXPECTED_ROWS = [
+    ("train_step", "throughput", "slices/s"),
+    ("volume", "time", "s/volume"),
+    ("volume_sliceinferer", "time", "s/volume"),
+    ("inference", "time", "s/volume"),
+    ("train_loop", "throughput", "slices/s"),
+    ("loader", "throughput", "slices/s"),
+]
+
+
+@pytest.fixture(scope="module")
+def quick_report(tmp_path_factory):
+    """One quick CPU run of every measurement (tiny phantoms 16x64x64, tiny widths); about 20 s on 2 cores."""
+    tmp = tmp_path_factory.mktemp("benchmark")
+    output = tmp / "bench.json"
+    report = run(
+        quick=True,
+        device="cpu",
+        features=TINY,
+        output=str(output),
+        data_dir=str(tmp / "data"),
+        threads=1,  # a shared 2-core machine: one thread gives the steadiest run time
+    )
+    return report, output
+
+
+def _finite_positive(value) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value) and value > 0
+
+
+def test_json_written_and_equal_to_report(quick_report):
+    report, output = quick_report
+    loaded = json.loads(output.read_text())
+    assert loaded["schema"] == report["schema"] == "knee-cartilage-benchmark/1"
+    for key in ("environment", "settings", "floor_model", "ceilings", "models", "results", "targets", "table"):
+        assert key in loaded, key
+    assert loaded["environment"]["device"] == "cpu"
+    assert loaded["settings"]["quick"] is True
+    assert loaded["settings"]["features"] == list(TINY)
+    assert len(loaded["results"]) == len(report["results"])
+
+
+def test_floor_counts(quick_report):
+    report, _ = quick_report
+    ceilings = report["ceilings"]
+    assert all(_finite_positive(v) for v in ceilings["matmul_tflops"].values())
+    assert _finite_positive(ceilings["copy_gb_per_s"])
+    eas, basic = report["models"]["eas_unet"], report["models"]["basic_unet"]
+    for stats in (eas, basic):
+        assert _finite_positive(stats["flops_forward_per_slice"])
+        assert stats["flops_train_per_slice"] > stats["flops_forward_per_slice"]
+        assert stats["bytes_min_train_per_slice"] > 0 and stats["bytes_min_infer_per_slice"] > 0
+        assert stats["bytes_eager_train_per_slice_fp32"] > stats["bytes_eager_train_per_slice_bf16"] > 0
+    assert eas["parameters"] < basic["parameters"]
+    assert eas["flops_forward_per_slice"] < basic["flops_forward_per_slice"]
+    assert eas["flops_train_grouped"] > 0 and basic["flops_train_grouped"] == 0  # depthwise convs only in EAS
+
+
+@pytest.mark.parametrize("measurement, metric, unit", EXPECTED_ROWS)
+@pytest.mark.parametrize("model", MODELS)
+def test_result_rows(quick_report, measurement, metric, unit, model):
+    report, _ = quick_report
+    rows = [r for r in report["results"] if (r["measurement"], r["metric"], r["model"]) == (measurement, metric, model)]
+    assert rows, f"no {measurement} {metric} row for {model}"
+    for r in rows:
+        assert r["status"] == "ok", r["status"]
+        assert r["unit"] == unit
+        assert _finite_positive(r["value"])
+        assert _finite_positive(r["ratio_to_basic_unet"])
+        if model == "basic_unet":
+            assert r["ratio_to_basic_unet"] == pytest.approx(1.0)
+        for t in r["details"].get("times_s", []):
+            assert _finite_positive(t)
+        if measurement != "loader":
+            assert _finite_positive(r["pct_of_floor"])
+
+
+def test_inference_breakdown_and_loop_details(quick_report):
+    report, _ = quick_report
+    infer = next(r for r in report["results"] if r["measurement"] == "inference" and r["model"] == "eas_unet")
+    parts = infer["details"]["breakdown_median_s"]
+    for key in ("setup_s", "run_s", "load_preprocess_s", "infer_s", "postprocess_save_s"):
+        assert parts[key] >= 0, key
+    assert parts["total_s"] >= parts["run_s"]
+    loop = next(r for r in report["results"] if r["measurement"] == "train_loop" and r["model"] == "eas_unet")
+    assert loop["details"]["epochs_run"] == 2
+    assert loop["details"]["timed_slices"] > 0
+    assert loop["details"]["pct_of_train_step"] > 0
+
+
+def test_agreement(quick_report):
+    report, _ = quick_report
+    rows = {r["metric"]: r for r in report["results"] if r["measurement"] == "agreement"}
+    assert set(rows) == {"max_dice_change", "voxels_differing"}
+    assert 0.0 <= rows["max_dice_change"]["value"] <= 1.0
+    assert 0.0 <= rows["voxels_differing"]["value"] <= 1.0
+    assert "trained here" in rows["max_dice_change"]["details"]["model_source"]
+
+
+def test_table_lists_every_row(quick_report):
+    report, _ = quick_report
+    table = report["table"].splitlines()
+    assert table[0].startswith("| measurement | model | options | value | unit | ratio to BasicUNet | % of floor |")
+    assert len(table) == 2 + len(report["results"])
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("fp32", Variant()),
+        ("bf16+cl", Variant(precision="bf16", channels_last=True)),
+        ("bf16+cl+compile", Variant(precision="bf16", channels_last=True, compile="default")),
+        ("bf16+compile=max-autotune-no-cudagraphs", Variant(precision="bf16", compile="max-autotune-no-cudagraphs")),
+        ("bf16+det", Variant(precision="bf16", deterministic=True)),
+        ("bf16+cl+nw8", Variant(precision="bf16", channels_last=True, num_workers=8)),
+    ],
+)
+def test_variant_parse(text, expected):
+    variant = Variant.parse(text)
+    assert variant == expected
+    assert Variant.parse(variant.name) == variant
+    assert "nw" not in variant.step_key  # a train_loop variant maps to the train_step variant without loader workers
+
+
+def test_variant_parse_rejects_unknown_token():
+    with pytest.raises(ValueError, match="unknown variant token"):
+        Variant.parse("bf16+turbo")
+
+
+def test_failed_variant_is_recorded_not_raised(tmp_path):
+    report = run(
+        only="train_step",
+        device="cpu",
+        quick=True,
+        features=TINY,
+        models="eas_unet",
+        variants="fp32+compile=no-such-mode",
+        output=str(tmp_path / "bench.json"),
+        threads=1,
+    )
+    (row,) = [r for r in report["results"] if r["metric"] == "throughput"]
+    assert row["status"].startswith("failed:") and row["value"] is None
+    assert json.loads((tmp_path / "bench.json").read_text())["results"][0]["status"].startswith("failed:")
+
+
+def test_unknown_measurement_is_an_error(tmp_path):
+    with pytest.raises(ValueError, match="unknown measurements"):
+        run(only="train_step,warp_speed", device="cpu", quick=True, output=str(tmp_path / "x.json"))
+
+
+def test_command_line(tmp_path):
+    """`python -m scripts.benchmark` (fire) prints the table last and writes the JSON."""
+    output = tmp_path / "cli.json"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "scripts.benchmark",
+            "--quick",
+            "--device",
+            "cpu",
+            "--only",
+            "train_step",
+            "--models",
+            "eas_unet,basic_unet",
+            "--features",
+            ",".join(map(str, TINY)),
+            "--threads",
+            "1",
+            "--output",
+            str(output),
+        ],
+        cwd=Path(__file__).resolve().parents[1],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "| train_step | EAS U-Net | fp32 |" in result.stdout
+    report = json.loads(output.read_text())
+    assert {r["model"] for r in report["results"]} == set(MODELS)
+    assert report["settings"]["only"] == ["train_step"]
+
+
+def test_measurement_names_are_documented():
+    import scripts.benchmark as bench
+
+    for name in MEASUREMENTS:
+        assert f"`{name}`" in bench.__doc__, name
