@@ -167,7 +167,6 @@ def dump_slices(
     """
     import torch
     from monai.bundle import ConfigParser
-    from monai.inferers import SliceInferer
 
     model_configs = [c.split(",") for c in configs.split(";")]
     paths, labels = checkpoints.split(","), names.split(",")
@@ -186,7 +185,6 @@ def dump_slices(
         net = parser.get_parsed_content("network_def").to(device).eval()
         net.load_state_dict(torch.load(path, map_location=device, weights_only=True), strict=True)
         nets.append(net)
-    inferer = SliceInferer(roi_size=(-1, -1), spatial_dim=0, sw_batch_size=32)
     out: dict[str, Any] = {"names": np.array(labels)}
     panels = []
     for item in data:
@@ -194,10 +192,11 @@ def dump_slices(
         image, label = d["image"], d["label"]
         fg = label[0].flatten(1).any(1).nonzero().flatten()
         picks = [int(fg[len(fg) // 4]), int(fg[3 * len(fg) // 4])] if len(fg) else [label.shape[1] // 2]
+        batch = torch.as_tensor(image[0, picks])[:, None].float().to(device)  # only the shown slices: cheap on CPU
         with torch.inference_mode():
-            preds = [inferer(image[None].to(device), net).argmax(1)[0].cpu().numpy() for net in nets]
-        for s in picks:
-            panels.append((np.asarray(image[0, s]), np.asarray(label[0, s]), [p[s] for p in preds]))
+            preds = [net(batch).argmax(1).cpu().numpy() for net in nets]
+        for i, s in enumerate(picks):
+            panels.append((np.asarray(image[0, s]), np.asarray(label[0, s]), [p[i] for p in preds]))
     out["images"] = np.stack([p[0] for p in panels])
     out["labels"] = np.stack([p[1] for p in panels])
     out["predictions"] = np.stack([np.stack(p[2]) for p in panels])  # (panel, model, H, W)
