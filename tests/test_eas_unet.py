@@ -7,6 +7,7 @@ import torch
 from monai.networks.nets import BasicUNet
 
 from scripts.networks import EAS, ECA, EASUNet, FirstOutput, default_dilations, eca_kernel_size
+from scripts.networks.complexity import NETWORKS, bundle_network, complexity
 
 TINY = (8, 16, 32, 64, 128)
 
@@ -138,7 +139,46 @@ def test_first_output_wrapper():
     assert torch.equal(wrapped.eval()(x), x + 1)
 
 
+def test_unetplusplus_config_uses_its_full_depth_output():
+    """BasicUNetPlusPlus lists X^{0,1}..X^{0,4}; the bundle must evaluate (and weigh most) the deepest, X^{0,4}."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(["configs/train.json", "configs/networks/unetplusplus.json"])
+    parser["network_def"]["network"]["features"] = [4, 8, 16, 32, 64, 4]
+    net = parser.get_parsed_content("network_def")
+    x = torch.randn(2, 1, 32, 32)
+    with torch.no_grad():
+        train_out = net.train()(x)  # first: a train-mode pass updates the batch-norm statistics
+        assert len(train_out) == 4
+        assert torch.equal(train_out[0], net.network.train()(x)[-1])  # weight 1 in DeepSupervisionLoss
+        shallow_to_deep = net.network.eval()(x)
+        assert len(shallow_to_deep) == 4
+        assert torch.equal(net.eval()(x), shallow_to_deep[-1])
+    scripted = torch.jit.script(net.eval())
+    with torch.no_grad():
+        assert torch.allclose(scripted(x), shallow_to_deep[-1])
+
+
 def test_3d_variant():
     net = EASUNet(spatial_dims=3, features=(4, 8, 16, 32, 64), reference_size=32).eval()
     with torch.no_grad():
         assert net(torch.randn(1, 1, 32, 32, 32)).shape == (1, 3, 32, 32, 32)
+
+
+@pytest.mark.parametrize(
+    "name,parameters,flops",
+    [
+        ("EAS U-Net (32..512)", 3_901_443, 11_344_024_576),
+        ("EAS U-Net (64..1024, paper widths)", 15_482_819, 43_815_118_848),
+        ("U-Net (BasicUNet)", 7_782_915, 57_491_324_928),
+        ("U-Net++ (BasicUNetPlusPlus)", 9_119_020, 147_267_256_320),
+        ("Attention U-Net (AttentionUnet)", 7_939_811, 47_534_505_984),
+    ],
+)
+def test_bundle_network_complexity(name, parameters, flops):
+    """The parameter and FLOP table of docs/README.md, networks built from the configs (FLOPs of one 1x1x384x384
+    slice in eval mode counted on the meta device, which gives the same counts as on CPU without the compute)."""
+    files, keys = NETWORKS[name]
+    counts = complexity(bundle_network(files, **keys), size=384, device="meta")
+    assert counts == {"parameters": parameters, "flops": flops}
