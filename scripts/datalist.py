@@ -120,14 +120,25 @@ def find_scans(folder: str | Path) -> list[Path]:
     return scans
 
 
-def scan_datalist(path: str | Path) -> list[dict[str, str]]:
-    """Inference input: one entry per scan for a folder of scans, a single scan file, or one DICOM series folder."""
-    target = Path(path).expanduser()
-    if target.is_file():
-        if _strip_image_suffix(target.name) is None and not _is_dicom_file(target):
-            raise DatasetError(f"{target} is not a NIfTI, MetaImage, NRRD or DICOM file")
-        return [{"image": str(target)}]
-    return [{"image": str(p)} for p in find_scans(target)]
+def scan_datalist(path: str | Path, exit_on_error: bool = False) -> list[dict[str, str]]:
+    """Inference input: one entry per scan for a folder of scans, a single scan file, or one DICOM series folder.
+
+    Args:
+        path: the config's `dataset_dir`.
+        exit_on_error: raise SystemExit with the one-line message instead of a DatasetError (used by configs, so a
+            user sees the problem, not a stack trace from inside the config parser).
+    """
+    try:
+        target = Path(path).expanduser()
+        if target.is_file():
+            if _strip_image_suffix(target.name) is None and not _is_dicom_file(target):
+                raise DatasetError(f"{target} is not a NIfTI, MetaImage, NRRD or DICOM file")
+            return [{"image": str(target)}]
+        return [{"image": str(p)} for p in find_scans(target)]
+    except DatasetError as e:
+        if exit_on_error:
+            raise SystemExit(f"dataset error: {e}") from None
+        raise
 
 
 def _index_by_case(files: Iterable[Path], where: Path) -> dict[str, Path]:
@@ -248,6 +259,8 @@ def _read(path: str) -> tuple[Any, np.ndarray]:
 
 def _check_entry(entry: Mapping[str, str], preset_name: str | None, atol: float) -> list[str]:
     """All problems of one image/label pair, as messages that name the file."""
+    from scripts.checks import ScanError, check_dicom_series, intensity_problem, unreadable_reason
+
     problems: list[str] = []
     arrays: dict[str, tuple[Any, np.ndarray]] = {}
     for key in ("image", "label"):
@@ -258,15 +271,20 @@ def _check_entry(entry: Mapping[str, str], preset_name: str | None, atol: float)
             problems.append(f"{path}: file not found")
             continue
         try:
+            if Path(path).is_dir():
+                check_dicom_series(path)
             arr, affine = _read(path)
+        except ScanError as e:
+            problems.append(str(e))
+            continue
         except Exception as e:  # noqa: BLE001 - any reader failure means "unreadable", reported with its cause
-            problems.append(f"{path}: cannot be read ({type(e).__name__}: {str(e).splitlines()[0][:200]})")
+            problems.append(f"{path}: {unreadable_reason(path, e)}")
             continue
         if arr.ndim != 3:
             problems.append(f"{path}: a 3D volume is required, got {arr.ndim}D data of shape {tuple(arr.shape)}")
             continue
-        if key == "image" and not bool(np.isfinite(np.asarray(arr)).all()):
-            problems.append(f"{path}: contains NaN or infinite intensities")
+        if key == "image" and (problem := intensity_problem(np.asarray(arr))):
+            problems.append(f"{path}: {problem}")
         arrays[key] = (arr, affine)
         if key == "label" and preset_name is not None:
             try:

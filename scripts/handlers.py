@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from monai.handlers import CheckpointLoader, CheckpointSaver
 
+from scripts.checks import check_state_dict, load_checkpoint, state_dict_of
 from scripts.io_utils import atomic_path
 
 __all__ = [
@@ -234,6 +235,8 @@ class ResumeFromLatest:
                 "--resume first, or point ckpt_dir at the run to resume"
             )
         logger.info("resuming from %s", path)
+        if isinstance(self.load_dict.get("model"), torch.nn.Module):  # a clear message, not load_state_dict's dump
+            check_state_dict(state_dict_of(load_checkpoint(path)), self.load_dict["model"], str(path))
         load_dict = {**self.load_dict, "trainer": engine}  # the trainer state restores epoch and iteration
         if "validator" in load_dict:
             track_best_metric(load_dict["validator"])

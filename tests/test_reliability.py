@@ -1,0 +1,453 @@
+"""Bad input gets one clear message naming the file and the problem; a bad scan in a batch is reported and skipped;
+outputs are never written over inputs or earlier outputs; a wrong checkpoint or command-line override stops the run
+before it starts. Each case is one small file (volumes of a few thousand voxels)."""
+
+from __future__ import annotations
+
+import csv
+import locale
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import monai.bundle
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from monai.bundle import ConfigParser
+from monai.networks.nets import BasicUNet
+
+from scripts.batch import FAILURE_KEY, FailSafeDataset, FailureLog, ScansFailedError, describe_failure
+from scripts.checks import require_checkpoint
+from scripts.datalist import DatasetError, scan_datalist, validate_entries
+from scripts.handlers import ResumeFromLatest
+from scripts.networks import EASUNet
+from scripts.overrides import check_overrides, parse_cli
+from scripts.writers import SaveLabelMapd
+
+REPO = Path(__file__).resolve().parents[1]
+INFERENCE = REPO / "configs" / "inference.json"
+TRAIN = REPO / "configs" / "train.json"
+AFFINE = np.diag([0.7, 0.5, 0.5, 1.0])
+TINY = (8, 16, 32, 64, 128)
+BUNDLE_MAIN = str(Path(monai.bundle.__file__).with_name("__main__.py"))  # sys.argv[0] of `python -m monai.bundle`
+
+
+def write_nifti(path: Path, data: np.ndarray, affine: np.ndarray = AFFINE) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(nib.Nifti1Image(data, affine), str(path))
+    return path
+
+
+def volume(shape=(10, 12, 12), seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).random(shape, dtype=np.float32)
+
+
+def write_dicom_series(folder: Path, series_uid: str, slices: int = 10, prefix: str = "IM") -> None:
+    """A tiny MR DICOM series (one file per slice) with the given SeriesInstanceUID, written with ITK's GDCM."""
+    import itk
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(sum(map(ord, series_uid)))
+    saved_locale = locale.setlocale(locale.LC_ALL)  # GDCM's writer switches the process to the C locale
+    try:
+        _write_slices(itk, folder, series_uid, slices, prefix, rng)
+    finally:
+        locale.setlocale(locale.LC_ALL, saved_locale)
+
+
+def _write_slices(itk, folder: Path, series_uid: str, slices: int, prefix: str, rng: np.random.Generator) -> None:
+    for i in range(slices):
+        image = itk.image_from_array((rng.random((1, 12, 12)) * 1000).astype(np.int16))
+        image.SetSpacing([0.5, 0.5, 1.0])
+        image.SetOrigin([0.0, 0.0, float(i)])
+        tags = itk.MetaDataDictionary()
+        for tag, value in {
+            "0008|0060": "MR",
+            "0020|000d": "1.2.826.0.1.1",
+            "0020|000e": series_uid,
+            "0008|0018": f"{series_uid}.{i + 1}",
+            "0020|0013": str(i + 1),
+            "0020|0032": f"0\\0\\{i}",
+            "0020|0037": "1\\0\\0\\0\\1\\0",
+        }.items():
+            tags[tag] = value
+        image.SetMetaDataDictionary(tags)
+        io = itk.GDCMImageIO.New()
+        io.KeepOriginalUIDOn()
+        itk.ImageFileWriter.New(Input=image, FileName=str(folder / f"{prefix}{i:04d}.dcm"), ImageIO=io).Update()
+
+
+@pytest.fixture(scope="module")
+def preprocessing():
+    """inference.json's own preprocessing chain (in-plane resampling off to keep it fast)."""
+    parser = ConfigParser()
+    parser.read_config(str(INFERENCE))
+    parser["inplane_spacing"] = -1
+    return parser.get_parsed_content("preprocessing")
+
+
+# ---------------------------------------------------------------- bad scans: one message naming file and problem
+
+
+def _truncated(path: Path) -> Path:
+    raw = write_nifti(path, volume()).read_bytes()
+    path.write_bytes(raw[: len(raw) // 2])
+    return path
+
+
+def _mhd_without_raw(path: Path) -> Path:
+    import itk
+
+    header = path.with_name(path.name.split(".")[0] + ".mhd")
+    itk.imwrite(itk.image_from_array(volume()), str(header))
+    header.with_suffix(".raw").unlink()
+    return header
+
+
+def _not_an_image(path: Path) -> Path:
+    path.write_bytes(b"<html>404 not found</html>")
+    return path
+
+
+def _with(value: float) -> Callable[[Path], Path]:
+    def write(path: Path) -> Path:
+        data = volume()
+        data[3, 4, 5] = value
+        return write_nifti(path, data)
+
+    return write
+
+
+def _mixed_dicom(path: Path) -> Path:
+    folder = path.parent / "series_mixed"
+    write_dicom_series(folder, "1.2.826.0.1.1.1")
+    write_dicom_series(folder, "1.2.826.0.1.1.2", slices=3, prefix="LOC")  # a localiser dropped in the same folder
+    return folder
+
+
+BAD_SCANS = {
+    "missing": (lambda p: p, "scan.nii.gz: file not found"),
+    "truncated_nii_gz": (_truncated, "scan.nii.gz: cannot be read: the gzip data ends early: the file is truncated"),
+    "mhd_missing_raw": (_mhd_without_raw, "scan.mhd: its data file scan.raw (named by 'ElementDataFile'"),
+    "not_an_image": (_not_an_image, "scan.nii.gz: cannot be read: it is not valid gzip data"),
+    "2d": (lambda p: write_nifti(p, volume((12, 12))), "scan.nii.gz: a single 3D volume is required, got data of"),
+    "4d": (lambda p: write_nifti(p, volume((10, 12, 12, 2))), "with 2 channels/time points"),
+    "flat_3d": (lambda p: write_nifti(p, volume((1, 12, 12))), "has an axis under 8 voxels (a 2D image?)"),
+    "nan": (_with(np.nan), "scan.nii.gz: contains NaN or infinite intensities"),
+    "inf": (_with(np.inf), "scan.nii.gz: contains NaN or infinite intensities"),
+    "constant": (lambda p: write_nifti(p, np.full((10, 12, 12), 7, np.int16)), "every voxel has the same value (7"),
+    "dicom_mixed_series": (_mixed_dicom, "series_mixed: this DICOM folder holds 2 series"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_SCANS))
+def test_bad_scan_becomes_one_clear_message(case, tmp_path, preprocessing):
+    """Through inference.json's preprocessing in the fail-safe dataset: a placeholder with the message, no raise."""
+    make, expected = BAD_SCANS[case]
+    path = make(tmp_path / "scan.nii.gz")
+    item = FailSafeDataset([{"image": str(path)}], transform=preprocessing)[0]
+    assert FAILURE_KEY in item, f"{case} was not caught: {type(item)}"
+    message = item[FAILURE_KEY]
+    assert message.startswith(str(path)) and expected in message
+    assert "\n" not in message and "Traceback" not in message and "applying transform" not in message
+
+
+def test_dicom_series_message_says_what_to_do(tmp_path, preprocessing):
+    message = FailSafeDataset([{"image": str(_mixed_dicom(tmp_path / "x"))}], transform=preprocessing)[0][FAILURE_KEY]
+    assert "1.2.826.0.1.1.1" in message and "1.2.826.0.1.1.2" in message
+    assert "only the first would be read" in message and "its own folder" in message
+
+
+def test_good_scan_and_single_dicom_series_pass(tmp_path, preprocessing):
+    write_dicom_series(tmp_path / "series_1", "1.2.826.0.1.1.9")
+    data = [{"image": str(write_nifti(tmp_path / "good.nii.gz", volume()))}, {"image": str(tmp_path / "series_1")}]
+    for item in FailSafeDataset(data, transform=preprocessing):
+        assert FAILURE_KEY not in item
+        assert item["image"].shape[0] == 1 and item["image"].shape[2] % 16 == 0 and item["image"].shape[3] % 16 == 0
+
+
+def test_other_failures_name_the_scan():
+    try:
+        raise RuntimeError("applying transform <Orientationd>") from ValueError("cannot broadcast (2,3) to (4,)")
+    except RuntimeError as e:
+        message = describe_failure(e, "/data/knee_7.nii.gz")
+    assert message == "/data/knee_7.nii.gz: failed (ValueError: cannot broadcast (2,3) to (4,))"
+
+
+@pytest.mark.parametrize(
+    "make, expected",
+    [
+        (_mhd_without_raw, "scan.mhd: its data file scan.raw (named by 'ElementDataFile' in the header) is missing"),
+        (lambda p: write_nifti(p, volume((10, 12, 12, 2))), "scan.nii.gz: a 3D volume is required, got 4D data"),
+        (lambda p: write_nifti(p, np.zeros((6, 8, 8), np.float32)), "scan.nii.gz: every voxel has the same value"),
+        (_with(np.inf), "scan.nii.gz: contains NaN or infinite intensities"),
+        (_mixed_dicom, "series_mixed: this DICOM folder holds 2 series"),
+    ],
+    ids=["mhd_missing_raw", "4d", "constant", "inf", "dicom_mixed_series"],
+)
+def test_training_check_reports_bad_images(make, expected, tmp_path):
+    """The same problems in a training dataset, found by the check that runs before training."""
+    image = make(tmp_path / "scan.nii.gz")
+    label = write_nifti(tmp_path / "lab.nii.gz", np.zeros((10, 12, 12), np.uint8))
+    with pytest.raises(DatasetError) as err:
+        validate_entries([{"image": str(image), "label": str(label)}], "oai-zib")
+    assert expected in str(err.value)
+
+
+def test_inference_input_folder_errors_are_one_line(tmp_path):
+    with pytest.raises(SystemExit, match=r"^dataset error: scan folder .*nowhere does not exist$"):
+        scan_datalist(tmp_path / "nowhere", exit_on_error=True)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SystemExit, match=r"^dataset error: no scans in .*empty: expected files ending in \.nii\.gz"):
+        scan_datalist(tmp_path / "empty", exit_on_error=True)
+
+
+# ---------------------------------------------------------------- failures file
+
+
+def test_failure_log_writes_atomically_and_never_replaces_an_earlier_list(tmp_path):
+    (tmp_path / "failures.csv").write_text("scan,error\nold.nii.gz,from an earlier run\n")
+    log = FailureLog(str(tmp_path))
+    log.record("/in/a.nii.gz", "/in/a.nii.gz: contains NaN or infinite intensities")
+    log.succeeded = 3
+    assert (tmp_path / "failures.csv").read_text().endswith("from an earlier run\n")  # kept
+    assert log.path == tmp_path / "failures-1.csv"
+    assert log.path.read_text() == "scan,error\n/in/a.nii.gz,contains NaN or infinite intensities\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["failures-1.csv", "failures.csv"]  # no temporary left
+    with pytest.raises(SystemExit) as err:
+        log.raise_if_failed(exit_process=True)  # the command line: a clean message and exit code 1
+    assert str(err.value).startswith("error: 1 of 4 scan(s) failed and were skipped (3 segmented")
+    assert "failures-1.csv" in str(err.value) and "a.nii.gz: contains NaN" in str(err.value)
+    with pytest.raises(ScansFailedError, match=r"^error: 1 of 4 scan\(s\) failed"):
+        log.raise_if_failed()  # a Python caller (not `monai.bundle run`): an exception it can catch
+    assert FailureLog(str(tmp_path), overwrite=True)._free_path() == tmp_path / "failures.csv"
+    assert FailureLog(str(tmp_path / "clean")).raise_if_failed() is True
+
+
+# ---------------------------------------------------------------- no data loss in writers
+
+
+def _label_map(source: Path):
+    from monai.data import MetaTensor
+
+    return MetaTensor(torch.ones(1, 4, 5, 6), affine=torch.eye(4), meta={"filename_or_obj": str(source)})
+
+
+def test_writer_refuses_existing_output_and_input(tmp_path):
+    scan = write_nifti(tmp_path / "knee.nii.gz", volume())
+    out = tmp_path / "out"
+    SaveLabelMapd("pred", str(out))({"pred": _label_map(scan)})
+    written = out / "knee_seg.nii.gz"
+    before = written.read_bytes()
+    with pytest.raises(FileExistsError, match=r"knee_seg.nii.gz already exists; pass overwrite=True"):
+        SaveLabelMapd("pred", str(out))({"pred": _label_map(scan)})
+    assert written.read_bytes() == before and sorted(p.name for p in out.iterdir()) == ["knee_seg.nii.gz"]
+    SaveLabelMapd("pred", str(out), overwrite=True)({"pred": _label_map(scan)})
+    own_input = write_nifti(tmp_path / "knee_0000.nii.gz", volume())  # case "knee": postfix 0000 names the input
+    with pytest.raises(FileExistsError, match="refusing to write .*knee_0000.nii.gz over its own input scan"):
+        SaveLabelMapd("pred", str(tmp_path), postfix="0000", overwrite=True)({"pred": _label_map(own_input)})
+    assert own_input.read_bytes()[:2] == b"\x1f\x8b"  # still the scan (gzip), untouched
+
+
+# ---------------------------------------------------------------- checkpoints
+
+
+@pytest.fixture(scope="module")
+def network() -> EASUNet:
+    return EASUNet(features=TINY)
+
+
+@pytest.mark.parametrize(
+    "make_state, expected",
+    [
+        (lambda net: BasicUNet(spatial_dims=2, features=(8, 8, 16, 32, 64, 8)).state_dict(), "keys the network does"),
+        (lambda net: EASUNet(features=(16, 32, 64, 128, 256)).state_dict(), "tensors of another shape"),
+        (lambda net: dict(list(net.state_dict().items())[5:]), "5 keys missing from the checkpoint"),
+    ],
+    ids=["other_network", "other_features", "missing_keys"],
+)
+def test_checkpoint_that_does_not_fit(make_state, expected, network, tmp_path):
+    path = tmp_path / "model.pt"
+    torch.save(make_state(network), path)
+    with pytest.raises(SystemExit) as err:
+        require_checkpoint(str(path), network)
+    message = str(err.value)
+    assert message.startswith(f"error: checkpoint {path} does not fit the configured network EASUNet")
+    assert expected in message and "configs/networks/unet.json" in message
+
+
+def test_checkpoint_that_cannot_be_loaded(network, tmp_path):
+    garbage = tmp_path / "model.pt"
+    garbage.write_bytes(b"not a checkpoint")
+    with pytest.raises(SystemExit, match=r"cannot load model checkpoint .*model.pt: it is not a PyTorch checkpoint"):
+        require_checkpoint(str(garbage), network)
+    pickled = tmp_path / "pickled.pt"
+    torch.save(network, pickled)  # a whole pickled module: weights_only=True refuses to unpickle it
+    with pytest.raises(SystemExit, match=r"pickled.pt: it holds pickled Python objects, which weights_only=True"):
+        require_checkpoint(str(pickled), network)
+    with pytest.raises(SystemExit, match=r"no model checkpoint at .*absent.pt"):
+        require_checkpoint(str(tmp_path / "absent.pt"), network)
+
+
+def test_checkpoint_that_fits(network, tmp_path):
+    plain, full = tmp_path / "model.pt", tmp_path / "checkpoint.pt"
+    torch.save(network.state_dict(), plain)
+    torch.save({"model": network.state_dict(), "optimizer": {}}, full)
+    assert require_checkpoint(str(plain), network) == str(plain)
+    assert require_checkpoint(str(full), network) == str(full)
+
+
+def test_resume_from_a_checkpoint_of_another_network(network, tmp_path):
+    torch.save({"model": EASUNet(features=(16, 32, 64, 128, 256)).state_dict()}, tmp_path / "checkpoint_epoch=2.pt")
+    resume = ResumeFromLatest(str(tmp_path), {"model": network}, enabled=True)
+    with pytest.raises(SystemExit, match=r"checkpoint_epoch=2.pt does not fit the configured network EASUNet"):
+        resume.attach(engine=None)
+
+
+# ---------------------------------------------------------------- command-line overrides
+
+
+def overrides(*args: str, config: str = str(TRAIN)) -> str | None:
+    """The message `check_overrides` stops `python -m monai.bundle run --config_file CONFIG ARGS` with, or None."""
+    try:
+        check_overrides([BUNDLE_MAIN, "run", "--config_file", config, *args])
+    except SystemExit as e:
+        return str(e)
+    return None
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["--max_epoch", "3"], "--max_epoch 3: the config has no key 'max_epoch' (did you mean 'max_epochs'?)"),
+        (["--batch_size", "abc"], "--batch_size abc: 'batch_size' takes a whole number (default 16), got the text"),
+        (["--learning_rate", "fast"], "--learning_rate fast: 'learning_rate' takes a number (default 0.01)"),
+        (["--overwrite", "false"], "a lowercase false as the text 'false', which Python counts as True"),
+        (["--resume=no"], "--resume no: 'resume' is a switch (default False); write True or False"),
+        (["--label_preset", "2"], "--label_preset 2: 'label_preset' takes text (default 'oai-zib'), got int 2"),
+        (["--network_def#feature", "[8]"], "scripts.networks.EASUNet has no argument 'feature' (did you mean"),
+        (["--network_def#reference_size", "big"], "'network_def#reference_size' takes a whole number (default 384)"),
+        (["--network_def#features", "8"], "'network_def#features' takes a list such as [32, 64, 128, 256, 512]"),
+        (["--train#handlers#42#seed", "1"], "'train#handlers' is a list of"),
+    ],
+)
+def test_bad_override_is_named(args, expected):
+    message = overrides(*args)
+    assert message is not None and message.startswith("error: 1 command-line override(s) do not fit the config")
+    assert str(TRAIN) in message and expected in message
+
+
+def test_all_bad_overrides_in_one_message():
+    message = overrides("--max_epoch", "3", "--batch_size", "abc", "--amp", "false")
+    assert message.startswith("error: 3 command-line override(s)") and message.count("\n  --") == 3
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--max_epochs", "3", "--batch_size=8", "--learning_rate", "1", "--inplane_spacing", "-1", "--amp", "False"],
+        ["--resume", "true", "--overwrite", "True", "--amp", "0", "--images_dir", "/data/oai", "--seed", "7"],
+        ["--network_def#features", "[8,16,32,64,128]", "--network_def#reference_size", "64", "--datalist#num_val", "2"],
+        ["--meta_file", "configs/metadata.json", "--logging_file", "configs/logging.conf", "--bundle_root", "."],
+        ["--tracking", "mlflow", "--experiment_name", "knee", "--tracking_uri", "sqlite:///x.db", "--run_name", "a"],
+        ["--dataset_dir", "$@bundle_root + '/x'", "--max_epochs", "@val_interval", "--", "--help"],
+        ["training", "--run_id", "training", "--validate#additional_metrics#val_extra", "{}"],
+    ],
+)
+def test_good_overrides_pass(args):
+    assert overrides(*args) is None
+
+
+def test_override_check_is_per_config_and_ignores_other_programs():
+    assert overrides("--slices_per_epoch", "16", config=str(INFERENCE)).endswith(
+        "switches take True or False."
+    ) and "no key 'slices_per_epoch'" in overrides("--slices_per_epoch", "16", config=str(INFERENCE))
+    merged = f"['{TRAIN}','{REPO / 'configs' / 'demo.json'}']"
+    assert overrides("--network_def#reference_size", "32", config=merged) is None
+    assert check_overrides(["pytest", "--max_epoch", "3"]) is True  # MONAI Label, tests: not a bundle command line
+    assert check_overrides([BUNDLE_MAIN, "ckpt_export", "--max_epoch", "3"]) is True
+    assert parse_cli([BUNDLE_MAIN, "run", "--a#b", "-1", "--flag", "--c=[1, 2]"]) == {
+        "a#b": ("-1", -1),
+        "flag": ("", True),
+        "c": ("[1, 2]", [1, 2]),
+    }
+
+
+# ---------------------------------------------------------------- as a user runs it
+
+
+@pytest.fixture(scope="module")
+def scans_with_bad_ones(tmp_path_factory) -> Path:
+    """Two good scans, one truncated download and one 2D image in one folder; a random tiny model beside them."""
+    from scripts.phantom import write_phantom_dataset
+
+    root = tmp_path_factory.mktemp("batch")
+    write_phantom_dataset(root / "phantoms", num_cases=2, num_test=2, shape=(16, 64, 64), seed=5)
+    scans = root / "scans"
+    (root / "phantoms" / "imagesTs").rename(scans)
+    _truncated(scans / "broken.nii.gz")
+    write_nifti(scans / "slice.nii.gz", volume((64, 64)))
+    (root / "models").mkdir()
+    torch.manual_seed(0)
+    torch.save(EASUNet(features=TINY, reference_size=64).state_dict(), root / "models" / "model.pt")
+    return root
+
+
+def bundle(*args: str, config: str = str(INFERENCE)) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", config, *args]
+    return subprocess.run(
+        cmd, cwd=REPO, capture_output=True, encoding="utf-8", errors="replace", timeout=300, env={**os.environ}
+    )
+
+
+@pytest.mark.slow
+def test_batch_inference_skips_bad_scans_and_exits_non_zero(scans_with_bad_ones):
+    root = scans_with_bad_ones
+    out = root / "out"
+    result = bundle(
+        "--dataset_dir", str(root / "scans"), "--output_dir", str(out), "--ckpt_dir", str(root / "models"),
+        "--network_def#features", "[8,16,32,64,128]", "--network_def#reference_size", "64", "--inplane_spacing", "-1",
+        "--num_workers", "1", "--amp", "False",
+    )  # fmt: skip
+    assert result.returncode == 1, result.stderr[-3000:]
+    for name in ("phantom_000", "phantom_001"):  # the good scans are all segmented and measured
+        assert (out / f"{name}_seg.nii.gz").is_file() and (out / f"{name}_thickness.nii.gz").is_file()
+    assert not list(out.glob("broken*")) and not list(out.glob("slice*")) and not list(out.glob(".*"))
+    rows = list(csv.reader((out / "failures.csv").open()))
+    assert rows[0] == ["scan", "error"] and [r[0] for r in rows[1:]] == [
+        str(root / "scans" / "broken.nii.gz"),
+        str(root / "scans" / "slice.nii.gz"),
+    ]
+    assert rows[1][1].startswith("cannot be read: the gzip data ends early: the file is truncated")
+    assert rows[2][1] == "a single 3D volume is required, got data of shape (64, 64) (2D)"
+    log = result.stdout + result.stderr
+    assert "ERROR - skipped a scan: " in log and "broken.nii.gz: cannot be read" in log
+    summary = result.stderr[result.stderr.rindex("error: ") :]
+    assert summary.startswith("error: 2 of 4 scan(s) failed and were skipped (2 segmented")
+    assert str(out / "failures.csv") in summary and "slice.nii.gz: a single 3D volume is required" in summary
+
+
+@pytest.mark.slow
+def test_cli_stops_on_a_misspelt_override_before_work(scans_with_bad_ones, tmp_path):
+    result = bundle("--dataset_dir", str(tmp_path), "--max_epoch", "3", "--overwrite", "false")
+    assert result.returncode == 1
+    message = result.stderr[result.stderr.rindex("error: ") :]
+    assert message.startswith(f"error: 2 command-line override(s) do not fit the config ({INFERENCE})")
+    assert "--max_epoch 3: the config has no key 'max_epoch'" in message
+    assert "--overwrite false: 'overwrite' is a switch (default False)" in message
+    assert "Traceback" not in message
+
+
+@pytest.mark.slow
+def test_cli_stops_on_a_checkpoint_of_another_network(scans_with_bad_ones, tmp_path):
+    models = tmp_path / "models"
+    models.mkdir()
+    torch.save(BasicUNet(spatial_dims=2, features=(8, 8, 16, 32, 64, 8)).state_dict(), models / "model.pt")
+    result = bundle("--dataset_dir", str(scans_with_bad_ones / "scans"), "--ckpt_dir", str(models))
+    assert result.returncode == 1
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: checkpoint {models / 'model.pt'} does not fit the configured network EASUNet")
