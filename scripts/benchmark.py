@@ -821,6 +821,12 @@ def _config_device(device: torch.device) -> str:
     return f"$torch.device('{device}')"
 
 
+def _network_expression(variant: Variant) -> str:
+    """The workflow's `network` for a variant: channels_last only with `cl`, whatever the config's default."""
+    fmt = "torch.channels_last" if variant.channels_last else "torch.contiguous_format"
+    return f"$@network_def.to(@device, memory_format={fmt})"
+
+
 def _save_random_checkpoint(config_file: Path, overrides: dict[str, Any], path: Path, seed: int = 0) -> None:
     """Instantiate `network_def` from the config with the overrides and save its random weights as a plain
     state_dict (what CheckpointLoader with one load_dict entry reads)."""
@@ -918,8 +924,7 @@ def measure_inference(
         overrides["model_path"] = str(Path(checkpoint).resolve())
     else:
         _save_random_checkpoint(config, overrides, ckpt_dir / "model.pt")
-    if variant.channels_last:
-        overrides["network"] = "$@network_def.to(@device, memory_format=torch.channels_last)"
+    overrides["network"] = _network_expression(variant)  # explicit both ways: the configs default to channels_last
     if variant.compile:
         overrides["evaluator#compile"] = True
         if variant.compile != "default":
@@ -1123,8 +1128,7 @@ def measure_train_loop(
         cfg["num_workers"] = int(variant.num_workers)
     if keep_spacing:
         cfg["inplane_spacing"] = -1
-    if variant.channels_last:
-        cfg["network"] = "$@network_def.to(@device, memory_format=torch.channels_last)"
+    cfg["network"] = _network_expression(variant)
     if variant.compile:
         cfg["train#trainer#compile"] = True
         if variant.compile != "default":

@@ -27,6 +27,19 @@ def test_shapes_train_and_eval(size):
     assert torch.isfinite(out).all()
 
 
+def test_train_mode_without_gradients_returns_fused_logits():
+    """MONAI Label's epistemic scoring runs the network in train mode (dropout on) under no_grad: one tensor."""
+    net = EASUNet(features=TINY, dropout=0.2).train()
+    x = torch.randn(2, 1, 32, 32)
+    with torch.no_grad():
+        torch.manual_seed(0)
+        out = net(x)
+    torch.manual_seed(0)
+    fused = net(x)[0]
+    assert isinstance(out, torch.Tensor) and out.shape == (2, 3, 32, 32)
+    assert torch.allclose(out, fused)
+
+
 def test_eval_output_equals_fused_train_output():
     net = EASUNet(features=TINY).eval()
     x = torch.randn(1, 1, 32, 32)

@@ -269,7 +269,8 @@ class EASUNet(nn.Module):
     In eval mode `forward` returns ONE tensor, the fused logits `(B, out_channels, *spatial)`, which is what MONAI's
     inferers, MONAI Label and `verify_net_in_out` call. In train mode with deep supervision it returns
     `[fused, side_1, side_2, side_3, side_4]`, side outputs upsampled to full size, finest first, for
-    `DeepSupervisionLoss`. Spatial sizes must be multiples of 16.
+    `DeepSupervisionLoss`; in train mode under `torch.no_grad()` (MONAI Label's Monte-Carlo dropout scoring, which
+    expects one tensor) it returns the fused logits only. Spatial sizes must be multiples of 16.
     """
 
     def __init__(
@@ -352,6 +353,6 @@ class EASUNet(nn.Module):
         if self.fusion is None:
             return side_1
         outputs = self.fusion(side_1, [u2, u3, u4])
-        if self.training:
+        if self.training and torch.is_grad_enabled():  # train mode without gradients = Monte-Carlo dropout scoring
             return outputs
         return outputs[0]
