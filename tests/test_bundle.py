@@ -139,6 +139,7 @@ TRAIN_WORKFLOWS = {
     "train+evaluate": ["configs/train.json", "configs/evaluate.json"],
     "train+train_from_labels": ["configs/train.json", "configs/train_from_labels.json"],
     "train+demo": ["configs/train.json", "configs/demo.json"],
+    "train+optim_adamw+demo": ["configs/train.json", "configs/optim_adamw.json", "configs/demo.json"],
     **{f"train+{Path(n).stem}": ["configs/train.json", n] for n in NETWORK_OVERRIDES},
 }
 
@@ -226,3 +227,17 @@ def test_ruff(args):
         [sys.executable, "-m", "ruff", *args, "scripts", "tests"], cwd=REPO_ROOT, capture_output=True, text=True
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_optim_adamw_override_replaces_the_optimizer():
+    """configs/optim_adamw.json swaps SGD for AdamW (lr 1e-3) and keeps the schedule bound to the new optimizer."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config([str(REPO_ROOT / "configs/train.json"), str(REPO_ROOT / "configs/optim_adamw.json")])
+    parser["network_def"]["features"] = [4, 8, 16, 32, 64]
+    parser["device"] = "$torch.device('cpu')"
+    optimizer = parser.get_parsed_content("optimizer")
+    assert isinstance(optimizer, torch.optim.AdamW)
+    assert optimizer.defaults["lr"] == 0.001 and optimizer.defaults["weight_decay"] == 0.0001
+    assert parser.get_parsed_content("lr_scheduler").optimizer is optimizer
