@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from bundle_cli import TINY_EPOCH, as_cli
 
 from scripts.phantom import write_phantom_dataset
 
@@ -68,26 +69,7 @@ def ddp_run(tmp_path_factory) -> Path:
         str(root / "eval"),
         "--ckpt_dir",
         str(root / "models"),
-        "--network_def#features",
-        "[8,16,32,64,128]",
-        "--network_def#reference_size",
-        "64",
-        "--inplane_spacing",
-        "-1",
-        "--num_workers",
-        "0",
-        "--cache_rate",
-        "0",
-        "--max_epochs",
-        "1",
-        "--slices_per_epoch",
-        "16",
-        "--batch_size",
-        "4",
-        "--val_interval",
-        "1",
-        "--sw_batch_size",
-        "8",
+        *as_cli(TINY_EPOCH),
         "--learning_rate",
         str(LEARNING_RATE),
         "--datalist#num_val",

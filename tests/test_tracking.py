@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from bundle_cli import TINY_EPOCH, as_cli
 
 from scripts.phantom import write_phantom_dataset
 
@@ -47,26 +48,7 @@ def tracked_run(tmp_path_factory) -> Path:
         str(output_dir),
         "--ckpt_dir",
         str(root / "models"),
-        "--network_def#features",
-        "[8,16,32,64,128]",
-        "--network_def#reference_size",
-        "64",
-        "--inplane_spacing",
-        "-1",
-        "--num_workers",
-        "0",
-        "--cache_rate",
-        "0",
-        "--max_epochs",
-        "1",
-        "--slices_per_epoch",
-        str(4 * ITERATIONS),
-        "--batch_size",
-        "4",
-        "--val_interval",
-        "1",
-        "--sw_batch_size",
-        "8",
+        *as_cli({**TINY_EPOCH, "slices_per_epoch": str(4 * ITERATIONS)}),
     ]
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
     result = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=300)

@@ -13,19 +13,13 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from bundle_cli import TINY_MODEL, as_cli
 
 from scripts.phantom import write_phantom_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = [
-    "--network_def#features",
-    "[8,16,32,64,128]",
-    "--network_def#reference_size",
-    "64",
-    "--inplane_spacing",
-    "-1",
-    "--num_workers",
-    "0",
+    *as_cli(TINY_MODEL),
     "--batch_size",
     "8",
     "--slices_per_volume",
