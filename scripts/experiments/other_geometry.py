@@ -19,7 +19,10 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import torch
 from monai.data import MetaTensor
+from monai.metrics import compute_dice
+from monai.networks.utils import one_hot
 from monai.transforms import (
     Compose,
     GaussianSmoothd,
@@ -107,21 +110,24 @@ def compare(prediction: str, truth: str, output: str | None = None) -> dict[str,
             f"{prediction} and {truth} differ in geometry: shapes {pred_img.shape} vs {true_img.shape}, "
             f"affines\n{pred_img.affine}\nvs\n{true_img.affine}"
         )
-    pred = np.asarray(pred_img.dataobj).astype(np.int64)
-    true = np.asarray(true_img.dataobj).astype(np.int64)
+    pred = torch.as_tensor(np.asarray(pred_img.dataobj).astype(np.int64))
+    true = torch.as_tensor(np.asarray(true_img.dataobj).astype(np.int64))
+    n_classes = max(CLASSES) + 1
+    dice = compute_dice(  # (1, classes) for one case; nan where neither map has the class
+        one_hot(pred[None, None], n_classes), one_hot(true[None, None], n_classes), include_background=False
+    )[0]
     voxel_mm3 = float(np.prod(true_img.header.get_zooms()[:3]))
     result: dict[str, dict[str, float]] = {}
     for code, name in CLASSES.items():
         p, t = pred == code, true == code
-        denom = p.sum() + t.sum()
         result[name] = {
-            "dice": float(2 * (p & t).sum() / denom) if denom else float("nan"),
+            "dice": float(dice[code - 1]),
             "volume_pred_mm3": float(p.sum() * voxel_mm3),
             "volume_true_mm3": float(t.sum() * voxel_mm3),
         }
         result[name]["volume_error_pct"] = (
             100.0 * (result[name]["volume_pred_mm3"] / result[name]["volume_true_mm3"] - 1.0)
-            if t.any()
+            if bool(t.any())
             else float("nan")
         )
     print("| structure | Dice | volume predicted / mm³ | volume truth / mm³ | volume error / % |")
