@@ -241,3 +241,20 @@ def test_optim_adamw_override_replaces_the_optimizer():
     assert isinstance(optimizer, torch.optim.AdamW)
     assert optimizer.defaults["lr"] == 0.001 and optimizer.defaults["weight_decay"] == 0.0001
     assert parser.get_parsed_content("lr_scheduler").optimizer is optimizer
+
+
+def test_one_loader_pass_is_one_epoch(phantom_dir):
+    """The training loader draws volumes for a whole epoch (shuffled passes over the training set, repeated), so
+    ignite never restarts it mid-epoch; a restart forks all loader workers again, which on the H100 host cost most of
+    the epoch (docs/benchmarks.md)."""
+    parser = ConfigParser()
+    parser.read_config(str(REPO_ROOT / "configs/train.json"))
+    parser.update({"dataset_dir": str(phantom_dir), "cache_rate": 0.0, "num_workers": 0})
+    parser.update({"slices_per_epoch": 40, "batch_size": 8, "slices_per_volume": 4})
+    loader = parser.get_parsed_content("train#dataloader")
+    assert parser.get_parsed_content("iterations_per_epoch") == 5
+    assert len(loader) == 5  # 10 volume draws, 2 per batch
+    n = len(loader.dataset)
+    drawn = list(iter(loader.sampler))
+    assert len(drawn) == 10 and set(drawn) == set(range(n)) and n < 10
+    assert all(sorted(drawn[k : k + n]) == list(range(n)) for k in range(0, 10 - n + 1, n))  # whole shuffled passes

@@ -30,7 +30,8 @@ RECORD_OVERRIDE = {
         "$import pathlib",
         "$pathlib.Path(@record_dir).mkdir(parents=True, exist_ok=True)",
         "$torch.save({'state_dict': @network_def.state_dict(), 'lr': @optimizer.param_groups[0]['lr'], "
-        "'epoch': @train#trainer.state.epoch, 'world_size': dist.get_world_size()}, "
+        "'epoch': @train#trainer.state.epoch, 'iteration': @train#trainer.state.iteration, "
+        "'world_size': dist.get_world_size()}, "
         "@record_dir + '/rank' + str(dist.get_rank()) + '.pt')",
         "$dist.is_initialized() and dist.destroy_process_group()",
     ],
@@ -91,6 +92,9 @@ def test_every_rank_finished_the_epoch(ddp_run):
     records = [load_rank(ddp_run, r) for r in range(WORLD_SIZE)]
     assert [r["world_size"] for r in records] == [WORLD_SIZE] * WORLD_SIZE
     assert [r["epoch"] for r in records] == [1] * WORLD_SIZE
+    # slices_per_epoch is global: each rank runs slices_per_epoch // (batch_size x world size) iterations
+    per_rank = int(TINY_EPOCH["slices_per_epoch"]) // (int(TINY_EPOCH["batch_size"]) * WORLD_SIZE)
+    assert [r["iteration"] for r in records] == [per_rank] * WORLD_SIZE
 
 
 @pytest.mark.slow
