@@ -47,7 +47,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -1420,78 +1420,10 @@ def default_plan(device: torch.device, quick: bool) -> Plan:
     on CPU fewer repeats, batch 4, no compile, no SliceInferer repeat; --quick tiny. Baselines run the first
     inference and train_loop variant only."""
     train_cfg, infer_cfg = _read_config("train.json"), _read_config("inference.json")
-    features = list(train_cfg["network_def"]["features"])
-    if quick:
-        return Plan(
-            features=[8, 16, 32, 64, 128],
-            size=64,
-            depth=16,
-            batch_size=4,
-            sw_batch_size=4,
-            variants=["fp32"],
-            volume_variants=["fp32"],
-            inference_variants=["fp32"],
-            loop_variants=["fp32+nw0"],
-            models=list(MODELS),
-            train_warmup=1,
-            train_repeats=2,
-            train_budget_s=5,
-            volume_warmup=1,
-            volume_repeats=2,
-            volume_budget_s=5,
-            slice_inferer=True,
-            infer_warmup_runs=0,
-            infer_runs=1,
-            infer_volumes=1,
-            loop_cases=2,
-            loop_slices_per_epoch=8,
-            loop_epochs=2,
-            loop_budget_s=20,
-            loop_loader_batches=2,
-            test_cases=1,
-            agreement_train_steps=2,
-            time_budget_s=None,
-            compile_reserve_s=0,
-        )
-    if device.type == "cuda":
-        # Measured on an H100: the first step of a new variant costs 15-60 s (cuDNN autotuning; torch.compile); so
-        # the baseline's workflow runs and compiled volume come after the targets' measurements, within the budget.
-        return Plan(
-            features=features,
-            size=384,
-            depth=160,
-            batch_size=int(train_cfg["batch_size"]),
-            sw_batch_size=int(infer_cfg["sw_batch_size"]),
-            variants=["fp32", "bf16+cl", "bf16+cl+compile"],
-            volume_variants=["fp32", "bf16+cl", "bf16+cl+compile"],
-            inference_variants=["bf16+bench", "bf16"],
-            loop_variants=["bf16+cl+nw8", "bf16+nw4", "bf16+cl+compile+nw8"],
-            models=list(MODELS),
-            train_warmup=3,
-            train_repeats=20,
-            train_budget_s=10,
-            volume_warmup=2,
-            volume_repeats=7,
-            volume_budget_s=10,
-            slice_inferer=True,
-            infer_warmup_runs=1,
-            infer_runs=2,
-            infer_volumes=4,
-            loop_cases=4,
-            loop_slices_per_epoch=960,
-            loop_epochs=3,
-            loop_budget_s=30,
-            loop_loader_batches=30,
-            test_cases=1,
-            agreement_train_steps=150,
-            time_budget_s=400,
-            compile_reserve_s=45,
-            baseline_everywhere=False,
-        )
-    # CPU: batch 4, not 16: the saved activations of one full-size EAS U-Net slice take about 1 GB in fp32;
-    # channels_last halved EAS U-Net's CPU inference time on the 2-core machine (docs/benchmarks.md)
-    return Plan(
-        features=features,
+    # CPU (the base): batch 4, not 16: the saved activations of one full-size EAS U-Net slice take about 1 GB in
+    # fp32; channels_last halved EAS U-Net's CPU inference time on the 2-core machine (docs/benchmarks.md)
+    cpu = Plan(
+        features=list(train_cfg["network_def"]["features"]),
         size=384,
         depth=160,
         batch_size=4,
@@ -1521,6 +1453,58 @@ def default_plan(device: torch.device, quick: bool) -> Plan:
         time_budget_s=None,
         compile_reserve_s=0,
     )
+    if quick:
+        return replace(
+            cpu,
+            features=[8, 16, 32, 64, 128],
+            size=64,
+            depth=16,
+            sw_batch_size=4,
+            volume_variants=["fp32"],
+            inference_variants=["fp32"],
+            loop_variants=["fp32+nw0"],
+            train_budget_s=5,
+            volume_warmup=1,
+            volume_repeats=2,
+            volume_budget_s=5,
+            slice_inferer=True,
+            loop_cases=2,
+            loop_slices_per_epoch=8,
+            loop_budget_s=20,
+            loop_loader_batches=2,
+            agreement_train_steps=2,
+        )
+    if device.type == "cuda":
+        # Measured on an H100: the first step of a new variant costs 15-60 s (cuDNN autotuning; torch.compile); so
+        # the baseline's workflow runs and compiled volume come after the targets' measurements, within the budget.
+        compiled = ["fp32", "bf16+cl", "bf16+cl+compile"]
+        return replace(
+            cpu,
+            batch_size=int(train_cfg["batch_size"]),
+            variants=compiled,
+            volume_variants=compiled,
+            inference_variants=["bf16+bench", "bf16"],
+            loop_variants=["bf16+cl+nw8", "bf16+nw4", "bf16+cl+compile+nw8"],
+            train_warmup=3,
+            train_repeats=20,
+            train_budget_s=10,
+            volume_warmup=2,
+            volume_repeats=7,
+            volume_budget_s=10,
+            slice_inferer=True,
+            infer_warmup_runs=1,
+            infer_runs=2,
+            infer_volumes=4,
+            loop_slices_per_epoch=960,
+            loop_epochs=3,
+            loop_budget_s=30,
+            loop_loader_batches=30,
+            agreement_train_steps=150,
+            time_budget_s=400,
+            compile_reserve_s=45,
+            baseline_everywhere=False,
+        )
+    return cpu
 
 
 def _environment(device: torch.device) -> dict[str, Any]:
