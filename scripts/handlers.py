@@ -4,6 +4,7 @@ full state incl. the best validation metric), and an atomic best-model saver tha
 from __future__ import annotations
 
 import logging
+import os
 import random
 import re
 import time
@@ -26,6 +27,7 @@ __all__ = [
     "TrainingStateSaver",
     "latest_checkpoint",
     "check_run_dir",
+    "monailabel_server",
 ]
 
 BEST_METRIC_KEYS = ("best_metric", "best_metric_epoch")
@@ -180,6 +182,21 @@ def track_best_metric(evaluator) -> None:
     for key in BEST_METRIC_KEYS:
         if key not in evaluator.state_dict_user_keys:
             evaluator.state_dict_user_keys.append(key)
+
+
+def monailabel_server(environ: Mapping[str, str] | None = None) -> bool:
+    """True when the bundle runs under a MONAI Label server, whose `start_server` exports its settings as environment
+    variables (`MONAI_LABEL_APP_DIR` is the app folder). MONAI Label's datastore holds labels in the bundle's own
+    classes (0, 1 femoral, 2 tibial cartilage) and it fine-tunes `models/model.pt` in place, so `train.json` then reads
+    labels with the `cartilage` preset and lets training write into a `models/` that holds earlier files."""
+    app_dir = (os.environ if environ is None else environ).get("MONAI_LABEL_APP_DIR", "")
+    if app_dir:
+        logger.info(
+            "MONAI Label server detected (MONAI_LABEL_APP_DIR=%s): labels are read as the bundle's classes "
+            "(label_preset 'cartilage'), and training may write into a models/ folder that holds earlier files",
+            app_dir,
+        )
+    return bool(app_dir)
 
 
 def check_run_dir(ckpt_dir: str, resume: bool = False, overwrite: bool = False) -> bool:

@@ -19,9 +19,10 @@ What it checks, on a throw-away COPY of the bundle in a temporary folder (the re
    latest-state checkpoint. Then inference runs again with the trained model.
 
 The train request goes through a subclass that only uses BundleTrainTask's extension hook `_update_overrides` (the
-one an app would use) to make the run CPU-sized (slices per epoch, batch size, workers, validation every epoch), to
-set `label_preset=cartilage` (MONAI Label's datastore labels are in the bundle's classes) and `overwrite=true` (MONAI
-Label fine-tunes the model.pt in models/ in place); docs/monailabel.md says why a stock app needs the last two.
+one an app would use) to make the run CPU-sized (slices per epoch, batch size, workers, validation every epoch). The
+two settings a stock `monaibundle` app cannot pass (labels in the bundle's classes, fine-tuning models/model.pt in
+place) the bundle takes from the environment that `monailabel start_server` exports (`MONAI_LABEL_APP_DIR`); this
+script sets that variable the way the server does, since it drives the tasks without a server.
 
 Usage (inside the MONAI Label environment, from the repository root):
     python tests/monailabel_check.py [--workdir DIR] [--shape 32,128,128] [--keep]
@@ -34,6 +35,7 @@ import argparse
 import hashlib
 import json
 import logging
+import os
 import shutil
 import sys
 import tempfile
@@ -50,7 +52,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 BUNDLE_NAME = "knee_mri_cartilage_segmentation"  # the Zoo name; MONAI Label derives the task type from it
 BUNDLE_ITEMS = ("configs", "scripts", "LICENSE")  # what the bundle needs at run time (no data, docs or tests)
 EXPECTED_LABELS = {"femoral cartilage": 1, "tibial cartilage": 2}
-APP_OVERRIDES: dict[str, Any] = {  # sizes and two app settings; the network and transforms stay the bundle's own
+APP_OVERRIDES: dict[str, Any] = {  # CPU sizes only; the network, transforms and label codes stay the bundle's own
     "slices_per_epoch": 16,
     "batch_size": 4,
     "num_workers": 0,
@@ -58,8 +60,6 @@ APP_OVERRIDES: dict[str, Any] = {  # sizes and two app settings; the network and
     "val_interval": 1,
     "sw_batch_size": 8,
     "amp": False,
-    "label_preset": "cartilage",  # the datastore holds labels in the bundle's classes (what MONAI Label saves)
-    "overwrite": True,  # MONAI Label fine-tunes in place: models/ already holds the model.pt it loads
 }
 
 logger = logging.getLogger("monailabel_check")
@@ -270,13 +270,30 @@ def check_train(bundle: Path, datastore) -> dict[str, Any]:
     require(isinstance(state, dict) and all(isinstance(v, torch.Tensor) for v in state.values()), "not a state_dict")
     checkpoints = sorted(p.name for p in (bundle / "models").glob("checkpoint*.pt"))
     require(checkpoints != [], "no latest-state checkpoint_*.pt written")
+    preset = resolved_train_key(bundle, "active_label_preset")
+    require(preset == "cartilage", f"train.json reads MONAI Label's labels with preset {preset!r}, not 'cartilage'")
     return {
+        "digest_before_training": digest_before is not None,  # models/model.pt existed: fine-tuned in place
+        "active_label_preset": preset,
         "request": request,
         "overrides_via_update_overrides": APP_OVERRIDES,
         "config_options": sorted(options),
         "models": sorted(p.name for p in (bundle / "models").iterdir()),
         "seconds": round(seconds, 1),
     }
+
+
+def resolved_train_key(bundle: Path, key: str) -> Any:
+    """A key of the bundle's train.json as it resolves in this process (environment included)."""
+    from monai.bundle import ConfigParser
+
+    sys.path.insert(0, str(bundle))
+    try:
+        parser = ConfigParser()
+        parser.read_config(str(bundle / "configs" / "train.json"))
+        return parser.get_parsed_content(key)
+    finally:
+        sys.path.remove(str(bundle))
 
 
 def check_strict_load(bundle: Path) -> None:
@@ -330,6 +347,8 @@ def main(argv: list[str] | None = None) -> int:
 
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="monailabel_check_")).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
+    # what `monailabel start_server` exports for every setting (monailabel/main.py, start_server_init_settings)
+    os.environ["MONAI_LABEL_APP_DIR"] = str(workdir / "app")
     summary: dict[str, Any] = {"versions": versions(), "phantom_shape": list(shape), "checks": {}}
     try:
         bundle = copy_bundle(workdir / "bundles")

@@ -258,3 +258,35 @@ def test_one_loader_pass_is_one_epoch(phantom_dir):
     drawn = list(iter(loader.sampler))
     assert len(drawn) == 10 and set(drawn) == set(range(n)) and n < 10
     assert all(sorted(drawn[k : k + n]) == list(range(n)) for k in range(0, 10 - n + 1, n))  # whole shuffled passes
+
+
+@pytest.mark.parametrize("app_dir, preset", [(None, "oai-zib"), ("/srv/monailabel/apps/monaibundle", "cartilage")])
+def test_monailabel_server_reads_labels_in_the_bundle_classes(app_dir, preset, monkeypatch, tmp_path):
+    """Under a MONAI Label server (it exports MONAI_LABEL_APP_DIR), the datastore's labels are in the bundle's own
+    classes and models/model.pt is fine-tuned in place: the stock app needs no settings for either."""
+    from scripts.handlers import monailabel_server
+
+    monkeypatch.delenv("MONAI_LABEL_APP_DIR", raising=False)
+    if app_dir:
+        monkeypatch.setenv("MONAI_LABEL_APP_DIR", app_dir)
+    (tmp_path / "model.pt").write_bytes(b"an earlier model")
+    parser = ConfigParser()
+    parser.read_config(str(REPO_ROOT / "configs/train.json"))
+    parser.update({"ckpt_dir": str(tmp_path)})
+    assert parser.get_parsed_content("monailabel_server") is bool(app_dir) is monailabel_server()
+    assert parser.get_parsed_content("active_label_preset") == preset
+    assert parser.get_parsed_content("label_transforms")[0].preset.name == preset
+    if app_dir:  # initialize#1 is check_run_dir, here over a models/ folder that holds a model.pt
+        assert parser.get_parsed_content("initialize#1") is True
+    else:
+        with pytest.raises(SystemExit, match="already holds model.pt"):
+            parser.get_parsed_content("initialize#1")
+
+
+def test_label_preset_override_still_applies_outside_monailabel(monkeypatch):
+    monkeypatch.delenv("MONAI_LABEL_APP_DIR", raising=False)
+    parser = ConfigParser()
+    parser.read_config(str(REPO_ROOT / "configs/train.json"))
+    parser.update({"label_preset": "oaizib-cm"})
+    assert parser.get_parsed_content("active_label_preset") == "oaizib-cm"
+    assert parser["datalist"]["label_preset"] == "@active_label_preset"  # label codes are checked with it too
