@@ -1091,21 +1091,17 @@ def measure_train_loop(
     """(d) configs/train.json through `monai.bundle.ConfigWorkflow` on the phantom dataset in `dataset_dir` (its
     datalist.json), validation off, checkpoints to a temporary folder: slices/s of epochs 2.. (first epoch = warm-up:
     caching is done before it, worker start-up, cuDNN autotuning and compilation fall in it); then the trainer's own
-    data loader alone for `loader_batches` batches. The training list is repeated (CacheDataset with
-    `hash_as_key`, so each volume is cached once) so that one pass of the loader covers an epoch, as with a real
-    dataset of hundreds of volumes. `overrides` are applied last (try config changes without editing configs). A
+    data loader alone for `loader_batches` batches. The config's own sampler draws a whole epoch in one loader pass,
+    however few phantom volumes there are. `overrides` are applied last (try config changes without editing configs). A
     `compile` variant sets `train#trainer#compile` and, as monai 1.6.1 needs for it, `track_meta: false` on the
     last augmentation transform (EnsureTyped), so the trainer gets plain tensors; details["overrides"] lists all."""
     from monai.bundle import ConfigWorkflow
 
     train_cfg = _read_config("train.json")
     batch = int(batch_size or train_cfg["batch_size"])
-    spv = int(train_cfg["slices_per_volume"])
-    items_per_batch = max(1, batch // spv)
+    items_per_batch = max(1, batch // int(train_cfg["slices_per_volume"]))
     iterations = max(1, int(slices_per_epoch) // batch)
-    datalist = json.loads((Path(dataset_dir) / "datalist.json").read_text())
-    n_cases = len(datalist["training"])
-    repeat = max(1, math.ceil(iterations * items_per_batch / n_cases))
+    n_cases = len(json.loads((Path(dataset_dir) / "datalist.json").read_text())["training"])
     ckpt_dir = workdir / f"loop_{model_name}"
     cfg: dict[str, Any] = {
         "bundle_root": str(BUNDLE_ROOT),
@@ -1120,8 +1116,6 @@ def measure_train_loop(
         "slices_per_epoch": int(slices_per_epoch),
         "datalist#num_val": 0,
         "datalist#validate": False,
-        "train#dataset#data": f"$@datalist['training'] * {repeat}",
-        "train#dataset#hash_as_key": True,
         **_network_overrides(model_name, features, size),
     }
     if variant.num_workers is not None:
@@ -1183,7 +1177,6 @@ def measure_train_loop(
         "loader_items_per_batch": items_per_batch,
         "num_workers": loader.num_workers,
         "training_cases": n_cases,
-        "datalist_repeat": repeat,
         "first_epoch_s": timer.first_epoch_s,
         "timed_slices": timer.samples,
         "timed_s": None if timer.t_end is None or timer.t_start is None else timer.t_end - timer.t_start,
