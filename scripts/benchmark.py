@@ -1094,7 +1094,7 @@ def measure_train_loop(
     data loader alone for `loader_batches` batches. The config's own sampler draws a whole epoch in one loader pass,
     however few phantom volumes there are. `overrides` are applied last (try config changes without editing configs). A
     `compile` variant sets `train#trainer#compile` and, as monai 1.6.1 needs for it, `track_meta: false` on the
-    last augmentation transform (EnsureTyped), so the trainer gets plain tensors; details["overrides"] lists all."""
+    last loader transform (EnsureTyped), so the trainer gets plain tensors; details["overrides"] lists all."""
     from monai.bundle import ConfigWorkflow
 
     train_cfg = _read_config("train.json")
@@ -1129,11 +1129,11 @@ def measure_train_loop(
             cfg["train#trainer#compile_kwargs"] = {"mode": variant.compile}
         # monai 1.6.1's SupervisedTrainer(compile=True) fails rebuilding a batched MetaTensor after the step
         # ("Boolean value of Tensor with more than one value is ambiguous"): give the trainer plain tensors
-        augmentation = train_cfg["train"].get("augmentation", [])
-        last = len(augmentation) - 1
-        if augmentation and str(augmentation[-1].get("_target_", "")).endswith("EnsureTyped"):
-            if "track_meta" not in augmentation[-1]:
-                cfg[f"train#augmentation#{last}#track_meta"] = False
+        ensure_types = train_cfg["train"].get("ensure_types", [])
+        last = len(ensure_types) - 1
+        if ensure_types and str(ensure_types[-1].get("_target_", "")).endswith("EnsureTyped"):
+            if "track_meta" not in ensure_types[-1]:
+                cfg[f"train#ensure_types#{last}#track_meta"] = False
     if variant.precision not in ("fp32", "bf16"):
         raise ValueError("the training config's `amp` is bf16 or off")
     cfg.update(overrides or {})

@@ -141,6 +141,10 @@ class EpochSeeder:
         transform = getattr(dataset, "transform", None)
         if hasattr(transform, "set_random_state"):
             transform.set_random_state(seed=epoch_seed)
+        prepare_batch = getattr(engine, "prepare_batch", None)  # the batch augmentation on the device
+        if hasattr(prepare_batch, "set_random_state"):
+            rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+            prepare_batch.set_random_state(epoch_seed + 7919 * rank)  # ranks augment their slices differently
         engine.set_data(engine.state.dataloader)  # a fresh iterator: shuffling and worker seeds drawn just now
 
 
