@@ -225,6 +225,8 @@ class Variant:
         gradscaler: use a GradScaler as MONAI's SupervisedTrainer does with `amp` (train_step only).
         measure: keep inference.json's cartilage measurements (`measure`; off by default: their cost depends on
             the predicted cartilage, which a randomly initialised model makes meaningless; use with --checkpoint).
+        fold: batch norms folded into the convolutions (`fold`; volume and inference only: inference.json's
+            `fold_batch_norm`, which the benchmark sets explicitly both ways).
     """
 
     precision: str = "fp32"
@@ -235,6 +237,7 @@ class Variant:
     cudnn_benchmark: bool = False
     gradscaler: bool = False
     measure: bool = False
+    fold: bool = False
 
     @classmethod
     def parse(cls, text: str | Variant) -> Variant:
@@ -259,6 +262,8 @@ class Variant:
                 kwargs["gradscaler"] = True
             elif token == "measure":
                 kwargs["measure"] = True
+            elif token == "fold":
+                kwargs["fold"] = True
             elif token.startswith("nw") and token[2:].isdigit():
                 kwargs["num_workers"] = int(token[2:])
             elif token:
@@ -280,6 +285,8 @@ class Variant:
             tokens.append("scaler")
         if self.measure:
             tokens.append("measure")
+        if self.fold:
+            tokens.append("fold")
         if self.num_workers is not None:
             tokens.append(f"nw{self.num_workers}")
         return "+".join(tokens)
@@ -650,6 +657,10 @@ def measure_volume(
     _cudnn(benchmark=True, deterministic=variant.deterministic)
     torch.manual_seed(seed)
     model = build_model(model_name, features, size).to(device).eval()
+    if variant.fold:
+        from scripts.networks import fold_batch_norms
+
+        fold_batch_norms(model)
     model, net = _prepare(model, variant)
     fmt = _memory_format(variant)
     volume = torch.randn(depth, 1, size, size, device=device)
@@ -920,6 +931,8 @@ def measure_inference(
         overrides["inplane_spacing"] = -1
     if "measure" in _read_config("inference.json"):
         overrides["measure"] = bool(variant.measure)
+    if "fold_batch_norm" in _read_config("inference.json"):
+        overrides["fold_batch_norm"] = bool(variant.fold)
     if checkpoint:
         overrides["model_path"] = str(Path(checkpoint).resolve())
     else:

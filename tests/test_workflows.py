@@ -169,6 +169,22 @@ def test_inference_writes_label_maps_in_input_geometry(phantoms, trained, tmp_pa
     assert "error: 2 of 2 scan(s) failed and were skipped" in again.stderr and (out / "failures.csv").is_file()
 
 
+def test_folded_batch_norms_give_the_same_label_maps(phantoms, trained, tmp_path):
+    """inference.json folds batch norms by default (`fold_batch_norm`): same label maps as the unfolded network."""
+    maps = {}
+    for fold in ("True", "False"):
+        out = tmp_path / f"fold_{fold}"
+        run = bundle(
+            "--dataset_dir", str(phantoms / "imagesTs"), "--ckpt_dir", str(trained / "models"), "--output_dir",
+            str(out), "--measure", "False", "--fold_batch_norm", fold, *TINY_INFER, config="configs/inference.json",
+        )  # fmt: skip
+        assert ("batch norms into their convolutions" in run.stderr + run.stdout) == (fold == "True")
+        maps[fold] = {p.name: np.asarray(nib.load(p).dataobj) for p in sorted(out.glob("*_seg.nii.gz"))}
+    assert maps["True"].keys() == maps["False"].keys() and len(maps["True"]) == 2
+    for name, folded in maps["True"].items():
+        assert np.array_equal(folded, maps["False"][name]), name
+
+
 def test_wrong_dataset_dir_is_one_clear_line(tmp_path):
     result = train(tmp_path / "no_such_folder", tmp_path, check=False, epochs=1)
     assert result.returncode != 0
