@@ -206,6 +206,15 @@ def _read_config(name: str) -> dict[str, Any]:
     return json.loads((BUNDLE_ROOT / "configs" / name).read_text())
 
 
+def config_sw_batch_size(device: torch.device) -> int:
+    """inference.json's `sw_batch_size` as the config resolves it for `device` (it depends on the device type)."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser(_read_config("inference.json"))
+    parser["device"] = f"$torch.device('{device.type}')"
+    return int(parser.get_parsed_content("sw_batch_size"))
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # variants and models
 # ----------------------------------------------------------------------------------------------------------------------
@@ -975,7 +984,7 @@ def measure_inference(
         "first_run_s": warm[0]["total_s"] if warm else None,
         "breakdown_median_s": {k: med(k, measured) for k in measured[0]},
         "scan_shape": list(in_shape),
-        "sw_batch_size": overrides.get("sw_batch_size", _read_config("inference.json")["sw_batch_size"]),
+        "sw_batch_size": overrides.get("sw_batch_size", config_sw_batch_size(device)),
         "checkpoint": Path(checkpoint).name if checkpoint else "random initialisation (seed 0)",
         "measure": bool(variant.measure),
         "warmup_used_as_measurement": len(measured) == 1 and int(warmup_runs) > 0 and not warm,
@@ -1425,7 +1434,7 @@ def default_plan(device: torch.device, quick: bool) -> Plan:
     """Defaults: full size on CUDA within about 8 minutes on an H100 (first compile and cuDNN autotuning included);
     on CPU fewer repeats, batch 4, no compile, no SliceInferer repeat; --quick tiny. Baselines run the first
     inference and train_loop variant only."""
-    train_cfg, infer_cfg = _read_config("train.json"), _read_config("inference.json")
+    train_cfg = _read_config("train.json")
     # CPU (the base): batch 4, not 16: the saved activations of one full-size EAS U-Net slice take about 1 GB in
     # fp32; channels_last halved EAS U-Net's CPU inference time on the 2-core machine (docs/benchmarks.md)
     cpu = Plan(
@@ -1433,7 +1442,7 @@ def default_plan(device: torch.device, quick: bool) -> Plan:
         size=384,
         depth=160,
         batch_size=4,
-        sw_batch_size=int(infer_cfg["sw_batch_size"]),
+        sw_batch_size=config_sw_batch_size(torch.device("cpu")),
         variants=["fp32"],
         volume_variants=["fp32", "fp32+cl"],
         inference_variants=["fp32", "fp32+cl"],
@@ -1487,6 +1496,7 @@ def default_plan(device: torch.device, quick: bool) -> Plan:
         return replace(
             cpu,
             batch_size=int(train_cfg["batch_size"]),
+            sw_batch_size=config_sw_batch_size(device),
             variants=compiled,
             volume_variants=compiled,
             inference_variants=["bf16+bench", "bf16"],
