@@ -1,4 +1,4 @@
-"""The one-sort percentile scaling gives MONAI's numbers."""
+"""The percentile scaling gives MONAI's numbers, also on scan-sized volumes (the sample-bracket path)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import torch
 from monai.data import MetaTensor
 from monai.transforms import ScaleIntensityRangePercentilesd as MonaiPercentilesd
 
-from scripts.intensity import ScaleIntensityRangePercentilesd, percentiles
+from scripts.intensity import ScaleIntensityRangePercentilesd, _order_statistics, percentiles
 
 RNG = np.random.default_rng(0)
 
@@ -30,6 +30,39 @@ def test_percentiles_equal_numpy(values, qs):
     assert percentiles(torch.as_tensor(values.astype(np.float64)), qs) == pytest.approx(
         list(np.percentile(values.astype(np.float64), qs)), abs=0, rel=1e-12
     )
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        RNG.normal(size=(20, 130, 120)).astype(np.float32),  # 312,000 voxels: above the partition-only size
+        np.asfortranarray(RNG.integers(0, 900, (30, 120, 100)).astype(np.float32)),  # ties, Fortran order (NIfTI)
+        np.concatenate([np.zeros(200_000), RNG.exponential(size=150_000)]),  # a background of zeros
+        np.full(300_000, 7.0, np.float32),  # constant
+    ],
+)
+def test_percentiles_of_scan_sized_volumes_equal_numpy(values):
+    qs = (0.5, 99.5, 0, 100, 37.3)
+    assert percentiles(values, qs) == pytest.approx(list(np.percentile(values, qs)), abs=1e-9, rel=1e-12)
+
+
+def test_order_statistics_fall_back_when_the_sample_misses(monkeypatch):
+    # a sample that saw one value only brackets nothing: the ranks fall outside and the full partition answers
+    flat = RNG.normal(size=400_000)
+    ks = [0, 1, 1999, 2000, 399_999]
+    want = {k: float(v) for k, v in zip(ks, np.sort(flat)[ks])}
+    assert _order_statistics(flat, ks) == want
+
+    class OneIndex:
+        def integers(self, low, high, size):
+            return np.full(size, 7)
+
+    monkeypatch.setattr(np.random, "default_rng", lambda seed: OneIndex())
+    partitions = []
+    real_partition = np.partition
+    monkeypatch.setattr(np, "partition", lambda a, k: partitions.append(a.size) or real_partition(a, k))
+    assert _order_statistics(flat, ks) == want
+    assert flat.size in partitions  # the exact fallback ran
 
 
 def test_percentiles_hand_computed():
