@@ -25,7 +25,7 @@ from monai.engines.utils import PrepareBatch, default_prepare_batch
 from monai.networks.layers.convutils import gaussian_1d
 from monai.utils import convert_to_tensor
 
-__all__ = ["BatchAugmentation", "AugmentedBatch"]
+__all__ = ["BatchAugmentation", "AugmentedBatch", "to_device"]
 
 
 def _pair(value: float | Sequence[float]) -> tuple[float, float]:
@@ -35,6 +35,19 @@ def _pair(value: float | Sequence[float]) -> tuple[float, float]:
     if len(value) != 2:
         raise ValueError(f"expected one value or two (one per in-plane axis), got {list(value)}")
     return float(value[0]), float(value[1])
+
+
+def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Copy a small CPU tensor to `device` without making the CPU wait for the GPU.
+
+    Why: a plain copy from pageable host memory to CUDA waits until the stream is idle, so each of the augmentation's
+    parameter copies would let the GPU run dry while the CPU queues the next step. From pinned memory with
+    `non_blocking=True` the copy is queued like a kernel (the caching host allocator keeps the pinned buffer alive
+    until the copy is done)."""
+    device = torch.device(device)
+    if device.type != "cuda" or tensor.device.type != "cpu":
+        return tensor.to(device)
+    return tensor.pin_memory().to(device, non_blocking=True)
 
 
 def _interval(value: float | Sequence[float], name: str) -> tuple[float, float]:
@@ -153,15 +166,21 @@ class BatchAugmentation:
         """Resample image (bilinear) and label (nearest) with per-sample output->input maps in centred pixel
         coordinates (spatial axis 0 = H, axis 1 = W, as MONAI's `Affine`), zero padding."""
         n, _, h, w = image.shape
-        m = matrices.to(device=image.device, dtype=torch.float32)
+        # theta on the CPU, one non-blocking copy to the device
+        m = matrices.detach().to(device="cpu", dtype=torch.float64)
         # grid_sample's normalised coordinates (align_corners=False): u = 2 * c / size, with c centred pixels;
         # its grid is (x = W, y = H) ordered, so swap the axes of the map
-        to_norm = torch.tensor([2.0 / h, 2.0 / w], device=image.device)
+        to_norm = torch.tensor([2.0 / h, 2.0 / w], dtype=torch.float64)
         lin = m[:, :, :2] * to_norm[:, None] / to_norm[None, :]
         off = m[:, :, 2] * to_norm
-        theta = torch.empty(n, 2, 3, device=image.device)
-        theta[:, 0, 0], theta[:, 0, 1], theta[:, 0, 2] = lin[:, 1, 1], lin[:, 1, 0], off[:, 1]
-        theta[:, 1, 0], theta[:, 1, 1], theta[:, 1, 2] = lin[:, 0, 1], lin[:, 0, 0], off[:, 0]
+        theta = torch.stack(
+            [
+                torch.stack([lin[:, 1, 1], lin[:, 1, 0], off[:, 1]], -1),
+                torch.stack([lin[:, 0, 1], lin[:, 0, 0], off[:, 0]], -1),
+            ],
+            1,
+        )
+        theta = to_device(theta.float(), image.device)
         grid = F.affine_grid(theta, [n, 1, h, w], align_corners=False)
         warped = F.grid_sample(image.float(), grid, mode="bilinear", padding_mode="zeros", align_corners=False)
         if label is None:
@@ -198,7 +217,7 @@ class BatchAugmentation:
                 k = gaussian_1d(torch.tensor(s), truncated=4.0, approx="erf", normalize=False)
                 r = k.numel() // 2
                 kernels[i * c : (i + 1) * c, radius - r : radius + r + 1] = k
-            kernels = kernels.to(image.device)
+            kernels = to_device(kernels, image.device)
             shape = (n * c, 1, 2 * radius + 1, 1) if axis == 0 else (n * c, 1, 1, 2 * radius + 1)
             padding = (radius, 0) if axis == 0 else (0, radius)
             out = F.conv2d(out, kernels.view(shape), padding=padding, groups=n * c)  # zero padding, as MONAI's filter
@@ -217,7 +236,7 @@ class BatchAugmentation:
 
         matrices, apply = self.affine_matrices(n)
         if bool(apply.any()):
-            idx = apply.nonzero()[:, 0].to(device)
+            idx = to_device(apply.nonzero()[:, 0], device)
             warped, warped_label = self.warp(image[idx], None if label is None else label[idx], matrices[apply])
             image = image.index_copy(0, idx, warped)
             if label is not None:
@@ -225,7 +244,7 @@ class BatchAugmentation:
 
         def per_sample(values: torch.Tensor, apply: torch.Tensor, neutral: float) -> torch.Tensor:
             v = torch.where(apply[:, None], values, torch.full_like(values, neutral))
-            return v.to(device=device, dtype=torch.float32).view(n, 1, 1, 1)
+            return to_device(v.float(), device).view(n, 1, 1, 1)
 
         # bias field (RandBiasFieldd)
         apply = self._coin(n, self.bias_prob)
@@ -233,8 +252,8 @@ class BatchAugmentation:
         coeff = self._uniform(n, *self.bias_coeff_range, cols=n_coeff)
         if bool(apply.any()):
             basis = self._legendre_basis(h, w, device)
-            field = torch.einsum("nk,khw->nhw", coeff.to(device=device, dtype=torch.float32), basis).exp()
-            image = torch.where(apply.to(device).view(n, 1, 1, 1), image * field[:, None], image)
+            field = torch.einsum("nk,khw->nhw", to_device(coeff.float(), device), basis).exp()
+            image = torch.where(to_device(apply, device).view(n, 1, 1, 1), image * field[:, None], image)
         # contrast (RandAdjustContrastd): per-sample min / range
         apply = self._coin(n, self.contrast_prob)
         gamma = self._uniform(n, *self.gamma)
@@ -242,7 +261,7 @@ class BatchAugmentation:
             lo = image.amin(dim=(1, 2, 3), keepdim=True)
             span = image.amax(dim=(1, 2, 3), keepdim=True) - lo
             adjusted = ((image - lo) / (span + 1e-7)).clamp_min(0) ** per_sample(gamma, apply, 1.0) * span + lo
-            image = torch.where(apply.to(device).view(n, 1, 1, 1), adjusted, image)
+            image = torch.where(to_device(apply, device).view(n, 1, 1, 1), adjusted, image)
         # scale and shift (RandScaleIntensityd, RandShiftIntensityd)
         apply = self._coin(n, self.scale_intensity_prob)
         image = image * (1.0 + per_sample(self._uniform(n, *self.scale_factors), apply, 0.0))
@@ -252,7 +271,7 @@ class BatchAugmentation:
         apply = self._coin(n, self.smooth_prob)
         sigmas = self._uniform(n, *self.smooth_sigma, cols=2)
         if bool(apply.any()):
-            idx = apply.nonzero()[:, 0].to(device)
+            idx = to_device(apply.nonzero()[:, 0], device)
             image = image.index_copy(0, idx, self._smooth(image[idx], sigmas[apply]))
         # noise (RandGaussianNoised): std uniform in [0, noise_std]
         apply = self._coin(n, self.noise_prob)

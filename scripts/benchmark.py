@@ -349,7 +349,9 @@ def _network_overrides(name: str, features: Sequence[int], size: int) -> dict[st
 
 def make_loss() -> torch.nn.Module:
     """The training loss of configs/train.json."""
-    from monai.losses import DeepSupervisionLoss, DiceCELoss
+    from monai.losses import DiceCELoss
+
+    from scripts.losses import DeepSupervisionLoss
 
     return DeepSupervisionLoss(
         DiceCELoss(to_onehot_y=True, softmax=True, include_background=False, batch=True), weight_mode="exp"

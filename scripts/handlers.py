@@ -22,6 +22,8 @@ from scripts.io_utils import atomic_path
 __all__ = [
     "ProgressLogger",
     "EpochSeeder",
+    "NoLossScalingInBFloat16",
+    "OutputAsList",
     "BestModelSaver",
     "ResumeFromLatest",
     "TrainingStateSaver",
@@ -146,6 +148,46 @@ class EpochSeeder:
             rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
             prepare_batch.set_random_state(epoch_seed + 7919 * rank)  # ranks augment their slices differently
         engine.set_data(engine.state.dataloader)  # a fresh iterator: shuffling and worker seeds drawn just now
+
+
+class NoLossScalingInBFloat16:
+    """Give the trainer a disabled GradScaler when it trains in bfloat16 autocast.
+
+    Why: MONAI's SupervisedTrainer creates a GradScaler whenever `amp` is on. Loss scaling exists for float16's narrow
+    exponent range; bfloat16 has float32's, so the scaler only multiplies and divides by a power of two, and its
+    overflow check reads a flag back from the GPU at every optimizer step, which makes the CPU wait for the step to
+    finish instead of preparing the next batch meanwhile. A disabled scaler passes the loss through and calls
+    `optimizer.step()` directly. Float16 autocast keeps MONAI's scaler.
+    """
+
+    def attach(self, engine) -> None:
+        from ignite.engine import Events
+
+        engine.add_event_handler(Events.STARTED, self)  # after Trainer.run() has created its scaler
+
+    def __call__(self, engine) -> None:
+        dtype = (getattr(engine, "amp_kwargs", None) or {}).get("dtype", torch.float16)
+        if getattr(engine, "scaler", None) is not None and dtype == torch.bfloat16:
+            engine.scaler = torch.amp.GradScaler("cuda", enabled=False)
+
+
+class OutputAsList:
+    """Wrap the trainer's output dict in a one-element list after every iteration, the layout of a decollated output
+    that MONAI's loggers read (`from_engine(["loss"], first=True)`: TensorBoard, MLflow, StatsHandler).
+
+    Why: the trainer runs with `decollate: false`. MONAI's decollation turns the 0-dim loss into a Python float
+    (`.item()`), which makes the CPU wait for the GPU at every iteration instead of queueing the next step; nothing
+    in training needs per-sample outputs. Attach it before the loggers (handlers of one event run in order).
+    """
+
+    def attach(self, engine) -> None:
+        from ignite.engine import Events
+
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self)
+
+    def __call__(self, engine) -> None:
+        if isinstance(engine.state.output, Mapping):
+            engine.state.output = [engine.state.output]
 
 
 class FoldBatchNorms:
