@@ -1117,8 +1117,8 @@ def measure_train_loop(
     caching is done before it, worker start-up, cuDNN autotuning and compilation fall in it); then the trainer's own
     data loader alone for `loader_batches` batches. The config's own sampler draws a whole epoch in one loader pass,
     however few phantom volumes there are. `overrides` are applied last (try config changes without editing configs). A
-    `compile` variant sets `train#trainer#compile` and, as monai 1.6.1 needs for it, `track_meta: false` on the
-    last loader transform (EnsureTyped), so the trainer gets plain tensors; details["overrides"] lists all."""
+    `compile` variant sets `train#trainer#compile` (the loader already hands the trainer plain tensors, which monai
+    1.6.1's compiled SupervisedTrainer needs); details["overrides"] lists all."""
     from monai.bundle import ConfigWorkflow
 
     train_cfg = _read_config("train.json")
@@ -1151,13 +1151,6 @@ def measure_train_loop(
         cfg["train#trainer#compile"] = True
         if variant.compile != "default":
             cfg["train#trainer#compile_kwargs"] = {"mode": variant.compile}
-        # monai 1.6.1's SupervisedTrainer(compile=True) fails rebuilding a batched MetaTensor after the step
-        # ("Boolean value of Tensor with more than one value is ambiguous"): give the trainer plain tensors
-        ensure_types = train_cfg["train"].get("ensure_types", [])
-        last = len(ensure_types) - 1
-        if ensure_types and str(ensure_types[-1].get("_target_", "")).endswith("EnsureTyped"):
-            if "track_meta" not in ensure_types[-1]:
-                cfg[f"train#ensure_types#{last}#track_meta"] = False
     if variant.precision not in ("fp32", "bf16"):
         raise ValueError("the training config's `amp` is bf16 or off")
     cfg.update(overrides or {})
@@ -1515,7 +1508,7 @@ def default_plan(device: torch.device, quick: bool) -> Plan:
             infer_volumes=4,
             loop_slices_per_epoch=960,
             loop_epochs=3,
-            loop_budget_s=30,
+            loop_budget_s=60,
             loop_loader_batches=30,
             agreement_train_steps=150,
             time_budget_s=400,
