@@ -27,6 +27,9 @@ __all__ = ["RUNNER_COMMANDS", "runner_arguments", "parse_cli", "override_problem
 RUNNER_COMMANDS = ("run", "run_workflow")
 EXPRESSION_PREFIXES = ("$", "@", "%")
 FLAG = re.compile(r"^(--|-[a-zA-Z])")  # Fire's flags: not a negative number such as -1
+# keys whose default is an expression that picks a value per machine, but which users set to a plain value: checked
+# against a value of the type they take
+TYPED_EXPRESSION_KEYS: dict[str, Any] = {"num_workers": 0, "sw_batch_size": 0, "pin_memory": False}
 
 
 def runner_arguments() -> frozenset[str]:
@@ -101,7 +104,10 @@ def _type_problem(flag: str, raw: str, default: Any, value: Any) -> str | None:
     if default is None or (isinstance(value, str) and value.startswith(EXPRESSION_PREFIXES)):
         return None
     if isinstance(default, str) and default.startswith(EXPRESSION_PREFIXES):
-        return None  # an expression or reference: its type is only known when it runs
+        if flag not in TYPED_EXPRESSION_KEYS:
+            return None  # an expression or reference: its type is only known when it runs
+        problem = _type_problem(flag, raw, TYPED_EXPRESSION_KEYS[flag], value)
+        return None if problem is None else re.sub(r"\(default [^)]*\)", "(default: set per machine)", problem, count=1)
     shown = _shown(flag, raw)
     if isinstance(default, bool):
         if isinstance(value, bool) or (type(value) is int and value in (0, 1)):

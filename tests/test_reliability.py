@@ -333,6 +333,8 @@ def overrides(*args: str, config: str = str(TRAIN)) -> str | None:
         (["--network_def#reference_size", "big"], "'network_def#reference_size' takes a whole number (default 384)"),
         (["--network_def#features", "8"], "'network_def#features' takes a list such as [32, 64, 128, 256, 512]"),
         (["--train#handlers#42#seed", "1"], "'train#handlers' is a list of"),
+        (["--num_workers", "many"], "'num_workers' takes a whole number (default: set per machine), got the text"),
+        (["--pin_memory", "false"], "'pin_memory' is a switch (default: set per machine); write True or False"),
     ],
 )
 def test_bad_override_is_named(args, expected):
@@ -356,6 +358,7 @@ def test_all_bad_overrides_in_one_message():
         ["--tracking", "mlflow", "--experiment_name", "knee", "--tracking_uri", "sqlite:///x.db", "--run_name", "a"],
         ["--dataset_dir", "$@bundle_root + '/x'", "--max_epochs", "@val_interval", "--", "--help"],
         ["training", "--run_id", "training", "--validate#additional_metrics#val_extra", "{}"],
+        ["--num_workers", "8", "--sw_batch_size", "16", "--pin_memory", "False", "--loss_log_interval", "1"],
     ],
 )
 def test_good_overrides_pass(args):
