@@ -5,8 +5,8 @@ sorts a copy of the whole volume. For a 160x384x384 scan that was the slowest pr
 0.5 s per percentile on one CPU core), and its `ScaleIntensityRange` allocates a new volume at every arithmetic step
 (another 0.5 s). Here the four order statistics that linear interpolation needs are found exactly by partitioning
 only the voxels inside value brackets that a random sample locates (`_order_statistics`), which gives the same two
-numbers as `np.percentile` (its default "linear" method) in about a tenth of one call's time, and the scaling runs in
-place on one copy, in MONAI's order of operations.
+numbers as `np.percentile` (its default "linear" method) in about a fifth of the time of one partial sort (0.45 ->
+0.08 s on the dev CPU), and the scaling runs in place on one copy, in MONAI's order of operations.
 """
 
 from __future__ import annotations

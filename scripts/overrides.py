@@ -99,16 +99,16 @@ def _kind(value: Any) -> str:
     return f"{type(value).__name__} {value!r}"
 
 
-def _type_problem(flag: str, raw: str, default: Any, value: Any) -> str | None:
+def _type_problem(flag: str, raw: str, default: Any, value: Any, shown_default: str | None = None) -> str | None:
     """A message if `value` does not have the type of the config's literal `default`."""
     if default is None or (isinstance(value, str) and value.startswith(EXPRESSION_PREFIXES)):
         return None
     if isinstance(default, str) and default.startswith(EXPRESSION_PREFIXES):
         if flag not in TYPED_EXPRESSION_KEYS:
             return None  # an expression or reference: its type is only known when it runs
-        problem = _type_problem(flag, raw, TYPED_EXPRESSION_KEYS[flag], value)
-        return None if problem is None else re.sub(r"\(default [^)]*\)", "(default: set per machine)", problem, count=1)
+        return _type_problem(flag, raw, TYPED_EXPRESSION_KEYS[flag], value, "default: set per machine")
     shown = _shown(flag, raw)
+    shown_default = shown_default or f"default {default}"
     if isinstance(default, bool):
         if isinstance(value, bool) or (type(value) is int and value in (0, 1)):
             return None
@@ -117,15 +117,15 @@ def _type_problem(flag: str, raw: str, default: Any, value: Any) -> str | None:
         hint = " (Fire passes a lowercase false as the text 'false', which Python counts as True)" * (
             isinstance(value, str) and value.lower() == "false"
         )
-        return f"{shown}: '{flag}' is a switch (default {default}); write True or False{hint}"
+        return f"{shown}: '{flag}' is a switch ({shown_default}); write True or False{hint}"
     if isinstance(default, int):
         if type(value) is int:
             return None
-        return f"{shown}: '{flag}' takes a whole number (default {default}), got {_kind(value)}"
+        return f"{shown}: '{flag}' takes a whole number ({shown_default}), got {_kind(value)}"
     if isinstance(default, float):
         if type(value) in (int, float):
             return None
-        return f"{shown}: '{flag}' takes a number (default {default}), got {_kind(value)}"
+        return f"{shown}: '{flag}' takes a number ({shown_default}), got {_kind(value)}"
     if isinstance(default, str):
         if isinstance(value, str):
             return None

@@ -12,6 +12,7 @@ import torch
 from monai.config import KeysCollection
 from monai.data import NibabelWriter
 from monai.transforms import MapTransform
+from monai.utils import get_equivalent_dtype
 
 from scripts.datalist import case_name
 from scripts.io_utils import atomic_path, check_writable_target
@@ -62,7 +63,7 @@ class SaveLabelMapd(MapTransform):
             check_writable_target(target, self.overwrite)
             writer = NibabelWriter(output_dtype=self.dtype)
             # cast where the label map is (the GPU after inference): a quarter of float32's bytes to copy back
-            array = label.detach().to(torch.from_numpy(np.empty(0, dtype=self.dtype)).dtype).cpu()
+            array = label.detach().to(get_equivalent_dtype(self.dtype, torch.Tensor)).cpu()
             writer.set_data_array(array, channel_dim=0, squeeze_end_dims=True)
             writer.set_metadata({"affine": label.affine, "original_affine": label.affine}, resample=False)
             with atomic_path(target, self.overwrite) as tmp:
