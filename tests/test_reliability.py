@@ -335,6 +335,7 @@ def overrides(*args: str, config: str = str(TRAIN)) -> str | None:
         (["--train#handlers#42#seed", "1"], "'train#handlers' is a list of"),
         (["--num_workers", "many"], "'num_workers' takes a whole number (default: set per machine), got the text"),
         (["--pin_memory", "false"], "'pin_memory' is a switch (default: set per machine); write True or False"),
+        (["--compile_kwargs", "max-autotune"], "'compile_kwargs' takes a section (a dict), got the text"),
     ],
 )
 def test_bad_override_is_named(args, expected):
@@ -359,6 +360,7 @@ def test_all_bad_overrides_in_one_message():
         ["--dataset_dir", "$@bundle_root + '/x'", "--max_epochs", "@val_interval", "--", "--help"],
         ["training", "--run_id", "training", "--validate#additional_metrics#val_extra", "{}"],
         ["--num_workers", "8", "--sw_batch_size", "16", "--pin_memory", "False", "--loss_log_interval", "1"],
+        ["--compile", "True", "--compile_kwargs", "{'mode': 'max-autotune', 'dynamic': False}"],
     ],
 )
 def test_good_overrides_pass(args):
