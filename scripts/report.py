@@ -4,12 +4,14 @@ EAS U-Net overlays) and Table 1 (ours beside the paper's).
 
     python -m scripts.report curves RUN_DIR... --names "EAS U-Net,U-Net,..." --output docs/images/curves.png
     python -m scripts.report table RUN_DIR... --names ... --output docs/results_table.md
+    python -m scripts.report seeds SEED_DIR... --models eas_unet,unet --names ... --output docs/seeds.md
     python -m scripts.report dump_slices --configs ... --checkpoints ... --output slices.npz  (where the models are)
     python -m scripts.report overlays slices.npz --output docs/images/overlays.png
 """
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 from collections.abc import Sequence
@@ -20,7 +22,7 @@ import numpy as np
 
 from scripts.io_utils import atomic_path, atomic_write_text
 
-__all__ = ["read_scalars", "curves", "table", "dump_slices", "overlays", "PAPER_TABLE1"]
+__all__ = ["read_scalars", "curves", "table", "seeds", "dump_slices", "overlays", "PAPER_TABLE1"]
 
 #: The seed paper's Table 1 (test set; %, HD in mm).
 PAPER_TABLE1: dict[tuple[str, str], tuple[float, float, float, float]] = {
@@ -143,6 +145,105 @@ def table(*run_dirs: str, names: str | None = None, output: str | None = None, s
     return text
 
 
+STRUCTURES = ("femoral cartilage", "tibial cartilage")
+
+
+def _summary_means(run_dir: Path, summary: str) -> dict[tuple[str, str], dict[str, float]]:
+    """(protocol, structure) -> metric -> mean, from a run's evaluation summary.json."""
+    path = run_dir / summary / "summary.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"no evaluation summary at {path} (run configs/evaluate.json for this model first)")
+    out: dict[tuple[str, str], dict[str, float]] = {}
+    for entry in json.loads(path.read_text()):
+        stats = {m: v["mean"] for m, v in entry.items() if isinstance(v, dict) and v.get("n")}
+        out[(entry["protocol"], entry["class"])] = stats
+    return out
+
+
+def _per_case_dice(run_dir: Path, summary: str) -> dict[tuple[str, str], float]:
+    """(case, structure) -> 3D Dice of one run, from its metrics_volume.csv."""
+    path = run_dir / summary / "metrics_volume.csv"
+    if not path.is_file():
+        raise FileNotFoundError(f"no per-case metrics at {path}")
+    with path.open(newline="") as f:
+        return {(row["case"], row["class"]): float(row["dice"]) for row in csv.DictReader(f)}
+
+
+def seeds(
+    *seed_dirs: str,
+    models: str = "eas_unet,unet,unetplusplus,attention_unet",
+    names: str | None = None,
+    reference: str = "eas_unet",
+    seed_names: str | None = None,
+    summary: str = "evaluation",
+    output: str | None = None,
+) -> str:
+    """Markdown: each model's test scores per seed, their mean and range, and the reference model paired per test
+    volume against every other model over all seeds (how often it is lower, by how much on average).
+
+    Args:
+        seed_dirs: one folder per seed (a `real_anatomy.sh` OUT_DIR), each with one sub-folder per model.
+        models: the model sub-folders, ','-separated; `names` their display names in the same order.
+        reference: the model sub-folder that is compared with every other one, volume by volume.
+        seed_names: display names of the seed folders (default: the folder names).
+        summary: the evaluation folder inside each model folder.
+        output: also write the markdown there (atomically).
+    """
+    if not seed_dirs:
+        raise ValueError("no seed folders given")
+    keys = [m.strip() for m in models.split(",")] if isinstance(models, str) else list(models)
+    labels = dict(zip(keys, _names(names, keys)))
+    if reference not in keys:
+        raise ValueError(f"reference {reference!r} is not among the models {keys}")
+    seed_labels = _names(seed_names, seed_dirs)
+    means = {(s, m): _summary_means(Path(d) / m, summary) for s, d in zip(seed_labels, seed_dirs) for m in keys}
+    cases = {(s, m): _per_case_dice(Path(d) / m, summary) for s, d in zip(seed_labels, seed_dirs) for m in keys}
+
+    per_seed = " / ".join(seed_labels)
+    rows = [
+        f"| structure | model | volume DSC/% ({per_seed}) | mean | range | paper DSC/% ({per_seed}) | mean |"
+        f" volume HD95/mm ({per_seed}) | mean |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for structure in STRUCTURES:
+        for m in keys:
+            vol = [100 * means[(s, m)][("volume", structure)]["dice"] for s in seed_labels]
+            pap = [100 * means[(s, m)][("paper", structure)]["dice"] for s in seed_labels]
+            hd95 = [means[(s, m)][("volume", structure)].get("hd95", math.nan) for s in seed_labels]
+            rows.append(
+                f"| {structure} | {labels[m]} | {' / '.join(f'{v:.2f}' for v in vol)} | {np.mean(vol):.2f} |"
+                f" {max(vol) - min(vol):.2f} | {' / '.join(f'{v:.2f}' for v in pap)} | {np.mean(pap):.2f} |"
+                f" {' / '.join(f'{v:.2f}' for v in hd95)} | {np.mean(hd95):.2f} |"
+            )
+    ref = labels[reference]
+    rows += [
+        "",
+        f"| structure | {ref} against | volumes where {ref} is lower | mean difference/points |"
+        f" per seed ({per_seed}) |",
+        "|---|---|---|---|---|",
+    ]
+    for structure in STRUCTURES:
+        for m in keys:
+            if m == reference:
+                continue
+            diffs_by_seed = []
+            for s in seed_labels:
+                ours, theirs = cases[(s, reference)], cases[(s, m)]
+                shared = sorted(k for k in ours if k[1] == structure and k in theirs)
+                if not shared:
+                    raise ValueError(f"seed {s}: {reference} and {m} share no test volume for {structure}")
+                diffs_by_seed.append([100 * (ours[k] - theirs[k]) for k in shared])
+            flat = [d for ds in diffs_by_seed for d in ds]
+            rows.append(
+                f"| {structure} | {labels[m]} | {sum(d < 0 for d in flat)} of {len(flat)} | {np.mean(flat):+.2f} |"
+                f" {' / '.join(f'{np.mean(ds):+.2f}' for ds in diffs_by_seed)} |"
+            )
+    text = "\n".join(rows) + "\n"
+    if output:
+        atomic_write_text(output, text)
+    return text
+
+
 def dump_slices(
     configs: str,
     checkpoints: str,
@@ -241,4 +342,4 @@ def overlays(npz: str, output: str = "docs/images/overlays.png", models: str | N
 if __name__ == "__main__":
     import fire
 
-    fire.Fire({"curves": curves, "table": table, "dump_slices": dump_slices, "overlays": overlays})
+    fire.Fire({"curves": curves, "table": table, "seeds": seeds, "dump_slices": dump_slices, "overlays": overlays})

@@ -68,6 +68,58 @@ def test_table_refuses_mismatched_names(tmp_path):
         report.table(str(tmp_path / "a"), str(tmp_path / "b"), names="only one")
 
 
+def _seed_run(root, model: str, dice: float, per_case: dict[str, tuple[float, float]]) -> None:
+    """One model folder of one seed: summary.json at `dice` and a metrics_volume.csv with per-case Dice."""
+    folder = root / model / "evaluation"
+    folder.mkdir(parents=True)
+    (folder / "summary.json").write_text(json.dumps(_summary(dice)))
+    lines = ["case,protocol,class,dice,precision,recall,hd,hd95,assd,gt_voxels,pred_voxels,flags"]
+    for case, (femoral, tibial) in per_case.items():
+        lines.append(f"{case},volume,femoral cartilage,{femoral},1,1,1,1,1,10,10,")
+        lines.append(f"{case},volume,tibial cartilage,{tibial},1,1,1,1,1,10,10,")
+    (folder / "metrics_volume.csv").write_text("\n".join(lines) + "\n")
+
+
+def test_seeds_means_ranges_and_paired_differences(tmp_path):
+    # seed a: EAS below U-Net on case 1 (femoral 0.80 vs 0.90), above on case 2 (0.85 vs 0.75)
+    # seed b: EAS below on both (0.70 vs 0.72, 0.60 vs 0.66); tibial always 0.05 above
+    _seed_run(tmp_path / "a", "eas", 0.82, {"c1": (0.80, 0.90), "c2": (0.85, 0.80)})
+    _seed_run(tmp_path / "a", "unet", 0.86, {"c1": (0.90, 0.85), "c2": (0.75, 0.75)})
+    _seed_run(tmp_path / "b", "eas", 0.78, {"c1": (0.70, 0.90), "c2": (0.60, 0.80)})
+    _seed_run(tmp_path / "b", "unet", 0.84, {"c1": (0.72, 0.85), "c2": (0.66, 0.75)})
+    out = tmp_path / "seeds.md"
+    text = report.seeds(
+        str(tmp_path / "a"),
+        str(tmp_path / "b"),
+        models="eas,unet",
+        names="EAS U-Net,U-Net",
+        reference="eas",
+        seed_names="s0,s1",
+        output=str(out),
+    )
+    assert out.read_text() == text
+    lines = text.splitlines()
+    eas = [c.strip() for c in next(r for r in lines if r.startswith("| femoral cartilage | EAS U-Net |")).split("|")]
+    assert eas[3:6] == ["82.00 / 78.00", "80.00", "4.00"]  # per seed, mean, range of the volume Dice
+    assert eas[8:10] == ["2.00 / 2.00", "2.00"]  # HD95 per seed and mean
+    paired = next(r for r in lines if r.startswith("| femoral cartilage | U-Net | 3 of"))
+    femoral = [c.strip() for c in paired.split("|")]
+    # differences in points: -10, +10 (seed a), -2, -6 (seed b): 3 of 4 lower, mean -2, per seed 0 / -4
+    assert femoral[3:6] == ["3 of 4", "-2.00", "+0.00 / -4.00"]
+    tibial = next(r for r in lines if r.startswith("| tibial cartilage | U-Net |") and " of 4 " in r)
+    assert "| 0 of 4 | +5.00 | +5.00 / +5.00 |" in tibial
+
+
+def test_seeds_errors_name_the_problem(tmp_path):
+    _seed_run(tmp_path / "a", "eas", 0.8, {"c1": (0.8, 0.8)})
+    with pytest.raises(ValueError, match="reference 'nnunet' is not among the models"):
+        report.seeds(str(tmp_path / "a"), models="eas", reference="nnunet")
+    with pytest.raises(FileNotFoundError, match="unet.evaluation.summary.json"):
+        report.seeds(str(tmp_path / "a"), models="eas,unet", reference="eas")
+    with pytest.raises(ValueError, match="no seed folders"):
+        report.seeds(models="eas", reference="eas")
+
+
 def test_read_scalars_and_curves_from_tensorboard_logs(tmp_path):
     from torch.utils.tensorboard import SummaryWriter
 
