@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from scripts.benchmark import MEASUREMENTS, MODELS, Variant, run
+from scripts.benchmark import MEASUREMENTS, MODELS, Variant, run, workflow_runs
 
 TINY = (8, 16, 32, 64, 128)
 
@@ -208,3 +208,43 @@ def test_measurement_names_are_documented():
 
     for name in MEASUREMENTS:
         assert f"`{name}`" in bench.__doc__, name
+
+
+class _FakeRuns:
+    """A workflow whose runs take the given seconds on a fake clock."""
+
+    def __init__(self, durations: list[float]) -> None:
+        self.durations, self.now, self.calls = list(durations), 0.0, 0
+
+    def clock(self) -> float:
+        return self.now
+
+    def run(self) -> dict[str, float]:
+        seconds = self.durations[self.calls]
+        self.calls += 1
+        self.now += seconds
+        return {"total_s": seconds}
+
+
+def test_workflow_runs_warm_runs_within_budget():
+    fake = _FakeRuns([30.0, 2.0, 2.5, 2.2])  # a compiled first run, then warm runs
+    warm, measured, warmup_is_measurement = workflow_runs(fake.run, 1, 3, 60.0, clock=fake.clock)
+    assert [r["total_s"] for r in warm] == [30.0]
+    assert [r["total_s"] for r in measured] == [2.0, 2.5, 2.2]
+    assert not warmup_is_measurement
+
+
+def test_workflow_runs_slow_warmup_is_the_only_measurement():
+    # 414 s of tuning, then 2.49 s: the median of both (208 s) described neither; the cold run stands alone
+    fake = _FakeRuns([414.0, 2.49])
+    warm, measured, warmup_is_measurement = workflow_runs(fake.run, 1, 2, 200.0, clock=fake.clock)
+    assert (warm, [r["total_s"] for r in measured], warmup_is_measurement) == ([], [414.0], True)
+    assert fake.calls == 1
+
+
+def test_workflow_runs_stops_at_the_budget_but_measures_once():
+    fake = _FakeRuns([1.0, 50.0, 3.0])
+    warm, measured, _ = workflow_runs(fake.run, 1, 3, 20.0, clock=fake.clock)
+    assert [r["total_s"] for r in measured] == [50.0]  # over budget after the first measured run
+    fake = _FakeRuns([5.0])
+    assert workflow_runs(fake.run, 0, 2, 1.0, clock=fake.clock)[1] == [{"total_s": 5.0}]
