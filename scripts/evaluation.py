@@ -250,7 +250,14 @@ class SegmentationReport:
     def iteration_completed(self, engine) -> None:
         output = engine.state.output
         for item in output if isinstance(output, list) else [output]:
+            first = len(self.rows)
             self.score(item)
+            # one line per case: an evaluation on a CPU takes minutes and is otherwise silent until the summary
+            scored = [r for r in self.rows[first:] if r["protocol"] == "volume"]
+            if scored:
+                dice = ", ".join(f"{r['class']} {r['dice']:.4f}" for r in scored)
+                total = getattr(engine.state, "epoch_length", None) or "?"
+                logger.info("scored %s (%s/%s): Dice %s", scored[0]["case"], engine.state.iteration, total, dice)
 
     def completed(self, engine=None) -> list[dict[str, Any]]:
         summary = summarise(self.rows)

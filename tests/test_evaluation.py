@@ -98,3 +98,35 @@ def test_paper_protocol_scores_only_slices_holding_the_class():
         (2, "tibial cartilage"),
     ]
     assert all(r["dice"] == 1.0 and r["hd"] == 0.0 for r in rows)
+
+
+def test_segmentation_report_logs_each_case_and_writes_the_tables(tmp_path, caplog):
+    import json
+    import logging
+    from types import SimpleNamespace
+
+    from monai.data import MetaTensor
+
+    from scripts.evaluation import SegmentationReport
+
+    truth = np.zeros((4, 16, 16), dtype=np.int64)
+    truth[1:3, 4:12, 4:12] = 1
+    truth[1:3, 12:14, 4:12] = 2
+    pred = np.where(truth == 2, 0, truth)  # tibial cartilage missed
+    affine = torch.diag(torch.tensor([0.7, 0.3646, 0.3646, 1.0], dtype=torch.float64))
+    meta = {"filename_or_obj": "/data/knee_07.nii.gz"}
+    item = {
+        "pred": MetaTensor(one_hot(pred), affine=affine, meta=dict(meta)),
+        "label": MetaTensor(one_hot(truth), affine=affine, meta=dict(meta)),
+    }
+    report = SegmentationReport(str(tmp_path / "eval"))
+    engine = SimpleNamespace(state=SimpleNamespace(output=[item], iteration=1, epoch_length=2))
+    with caplog.at_level(logging.INFO, logger="scripts.evaluation"):
+        report.iteration_completed(engine)
+    assert "scored knee_07.nii.gz (1/2): Dice femoral cartilage 1.0000, tibial cartilage 0.0000" in caplog.text
+    summary = report.completed()
+    assert json.loads((tmp_path / "eval" / "summary.json").read_text()) == json.loads(json.dumps(summary))
+    volume_csv = (tmp_path / "eval" / "metrics_volume.csv").read_text().splitlines()
+    assert volume_csv[0].startswith("case,protocol,class,dice")
+    assert len(volume_csv) == 1 + 2  # header + femoral and tibial of the one case
+    assert (tmp_path / "eval" / "metrics_paper.csv").is_file() and (tmp_path / "eval" / "summary.md").is_file()
