@@ -28,7 +28,6 @@ from monai.engines import SupervisedEvaluator
 
 from scripts.checks import short_error, unreadable_reason
 from scripts.io_utils import atomic_write_text
-from scripts.precision import CpuAutocastEvaluator
 
 __all__ = [
     "FAILURE_KEY",
@@ -174,15 +173,14 @@ def _batch_sources(batch: Any) -> list[str]:
     return [str(names) if names is not None else "<unnamed scan>"]
 
 
-class FailSafeEvaluator(CpuAutocastEvaluator):
+class FailSafeEvaluator(SupervisedEvaluator):
     """SupervisedEvaluator for batch inference: a scan that failed to load (a `FailSafeDataset` placeholder) or whose
     inference, postprocessing or writing raises is recorded in `failures` and skipped; the next scan goes on.
 
     Args:
         failures: the run's `FailureLog`.
         failure_key: key of the placeholder message.
-        args, kwargs: those of `scripts.precision.CpuAutocastEvaluator` (a `monai.engines.SupervisedEvaluator`
-            with `cpu_amp`: bf16 autocast on a CPU that runs bf16 natively).
+        args, kwargs: those of `monai.engines.SupervisedEvaluator`.
     """
 
     def __init__(self, *args: Any, failures: FailureLog, failure_key: str = FAILURE_KEY, **kwargs: Any) -> None:

@@ -1,19 +1,22 @@
-"""Whether this machine runs bfloat16 natively, so that `amp` (bf16 autocast) can speed up CPU inference too.
+"""bf16 inference wherever the bundle's inferer runs: on CUDA, and on CPUs that run bf16 natively.
 
-On a CPU with AVX512-BF16 or AMX, oneDNN runs bf16 convolutions natively: EAS U-Net's inference chunk is about twice
-as fast as fp32 (docs/benchmarks.md). Without those instructions bf16 is emulated and slower than fp32, so the
-inference config switches bf16 on for the CPU only where this says it is native.
+MONAI's engines autocast on CUDA only, and MONAI Label's infer task calls the bundle's `inferer` without any
+autocast, so `amp` meant fp32 on every CPU and in MONAI Label. `AutocastInferer` wraps the configs' inferers and
+decides per call, from the input's device: bf16 on CUDA; bf16 on a CPU where oneDNN runs it natively (AVX512-BF16 or
+AMX: EAS U-Net's inference is about twice as fast there, docs/benchmarks.md); fp32 on other CPUs, where bf16 would be
+emulated and slower.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import Any
 
 import torch
-from monai.engines import SupervisedEvaluator
+from monai.inferers import Inferer
 
-__all__ = ["cpu_bf16_supported", "cpu_autocast_enabled", "CpuAutocastEvaluator"]
+__all__ = ["cpu_bf16_supported", "autocast_enabled", "AutocastInferer"]
 
 logger = logging.getLogger(__name__)
 
@@ -26,34 +29,40 @@ def cpu_bf16_supported() -> bool:
         return False
 
 
-def cpu_autocast_enabled(amp: bool, device: str | torch.device) -> bool:
-    """The inference config's rule: bf16 autocast on the CPU when `amp` is on, the device is a CPU and bf16 is native.
-
-    Logs the decision once per call, so a user who asked for `amp` on a CPU without bf16 knows why it ran in fp32.
-    """
-    if not amp or torch.device(device).type != "cpu":
-        return False
-    if cpu_bf16_supported():
-        logger.info("amp: bf16 autocast on the CPU (native bf16 instructions found)")
-        return True
-    logger.info("amp: this CPU has no native bf16 instructions; inference runs in fp32")
-    return False
+def autocast_enabled(amp: bool, device: str | torch.device) -> bool:
+    """The bundle's rule for `amp`: bf16 autocast on CUDA, and on a CPU whose bf16 is native; never elsewhere."""
+    kind = torch.device(device).type
+    return bool(amp) and (kind == "cuda" or (kind == "cpu" and cpu_bf16_supported()))
 
 
-class CpuAutocastEvaluator(SupervisedEvaluator):
-    """SupervisedEvaluator that can run each iteration under `torch.autocast("cpu", dtype=torch.bfloat16)`: MONAI's
-    own `amp` switch is CUDA-only. The inferer still accumulates the slices' outputs in the input's float32, and the
-    postprocessing (softmax, inversion, argmax) runs after the iteration, outside autocast.
+class AutocastInferer(Inferer):
+    """Run `inferer` under `torch.autocast(<input's device>, dtype=torch.bfloat16)` when `autocast_enabled(amp, ...)`.
+
+    The wrapped inferer still accumulates the slices' outputs in the input's float32 (MONAI's sliding-window
+    inferers), so postprocessing sees float32 either way. Nested inside an engine's own CUDA autocast it changes
+    nothing.
 
     Args:
-        cpu_amp: autocast on the CPU; the configs set it with `cpu_autocast_enabled(amp, device)`.
-        args, kwargs: those of `monai.engines.SupervisedEvaluator`.
+        inferer: the inferer to run, e.g. `SliceInferer(spatial_dim=0, ...)`.
+        amp: the config key `amp`.
     """
 
-    def __init__(self, *args: Any, cpu_amp: bool = False, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.cpu_amp = bool(cpu_amp)
+    def __init__(self, inferer: Inferer, amp: bool = True) -> None:
+        super().__init__()
+        self.inferer, self.amp = inferer, bool(amp)
+        self._logged: set[str] = set()
 
-    def _iteration(self, engine: SupervisedEvaluator, batchdata: dict[str, Any]) -> dict:
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.cpu_amp):
-            return super()._iteration(engine, batchdata)
+    def __call__(self, inputs: torch.Tensor, network: Any, *args: Any, **kwargs: Any) -> Any:
+        kind = inputs.device.type
+        enabled = autocast_enabled(self.amp, inputs.device)
+        if self.amp and kind not in self._logged:  # say once per device why a CPU runs in fp32 despite `amp`
+            self._logged.add(kind)
+            if kind == "cpu":
+                logger.info(
+                    "amp: bf16 autocast on the CPU (native bf16 instructions found)"
+                    if enabled
+                    else "amp: this CPU has no native bf16 instructions; inference runs in fp32"
+                )
+        context = torch.autocast(kind, dtype=torch.bfloat16) if enabled else contextlib.nullcontext()
+        with context:
+            return self.inferer(inputs, network, *args, **kwargs)
