@@ -59,6 +59,7 @@ if str(BUNDLE_ROOT) not in sys.path:  # configs name `scripts.*` targets; make t
     sys.path.insert(0, str(BUNDLE_ROOT))
 
 from scripts.io_utils import atomic_path, atomic_write_text  # noqa: E402
+from scripts.precision import cpu_bf16_supported  # noqa: E402
 
 __all__ = [
     "MEASUREMENTS",
@@ -1451,7 +1452,9 @@ def default_plan(device: torch.device, quick: bool) -> Plan:
     inference and train_loop variant only."""
     train_cfg = _read_config("train.json")
     # CPU (the base): batch 4, not 16: the saved activations of one full-size EAS U-Net slice take about 1 GB in
-    # fp32; channels_last halved EAS U-Net's CPU inference time on the 2-core machine (docs/benchmarks.md)
+    # fp32; channels_last halved EAS U-Net's CPU inference time on the 2-core machine (docs/benchmarks.md). The
+    # inference variants are the configs' defaults: folded batch norms, and bf16 where the CPU runs it natively.
+    cpu_defaults = ["fp32+cl+fold"] + (["bf16+cl+fold"] if cpu_bf16_supported() else [])
     cpu = Plan(
         features=list(train_cfg["network_def"]["features"]),
         size=384,
@@ -1459,8 +1462,8 @@ def default_plan(device: torch.device, quick: bool) -> Plan:
         batch_size=4,
         sw_batch_size=config_sw_batch_size(torch.device("cpu")),
         variants=["fp32"],
-        volume_variants=["fp32", "fp32+cl"],
-        inference_variants=["fp32", "fp32+cl"],
+        volume_variants=cpu_defaults,
+        inference_variants=cpu_defaults,
         loop_variants=["fp32+nw2"],
         models=list(MODELS),
         train_warmup=1,
