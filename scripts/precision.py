@@ -2,9 +2,9 @@
 
 MONAI's engines autocast on CUDA only, and MONAI Label's infer task calls the bundle's `inferer` without any
 autocast, so `amp` meant fp32 on every CPU and in MONAI Label. `AutocastInferer` wraps the configs' inferers and
-decides per call, from the input's device: bf16 on CUDA; bf16 on a CPU where oneDNN runs it natively (AVX512-BF16 or
-AMX: EAS U-Net's inference is about twice as fast there, docs/benchmarks.md); fp32 on other CPUs, where bf16 would be
-emulated and slower.
+decides per call, from the device the network runs on: bf16 on CUDA; bf16 on a CPU where oneDNN runs it natively
+(AVX512-BF16 or AMX: EAS U-Net's inference is about twice as fast there, docs/benchmarks.md); fp32 on other CPUs,
+where bf16 would be emulated and slower.
 """
 
 from __future__ import annotations
@@ -36,7 +36,8 @@ def autocast_enabled(amp: bool, device: str | torch.device) -> bool:
 
 
 class AutocastInferer(Inferer):
-    """Run `inferer` under `torch.autocast(<input's device>, dtype=torch.bfloat16)` when `autocast_enabled(amp, ...)`.
+    """Run `inferer` under `torch.autocast(<the network's device>, dtype=torch.bfloat16)` when
+    `autocast_enabled(amp, ...)`.
 
     The wrapped inferer still accumulates the slices' outputs in the input's float32 (MONAI's sliding-window
     inferers), so postprocessing sees float32 either way. Nested inside an engine's own CUDA autocast it changes
@@ -52,9 +53,20 @@ class AutocastInferer(Inferer):
         self.inferer, self.amp = inferer, bool(amp)
         self._logged: set[str] = set()
 
+    def compute_device(self, inputs: torch.Tensor, network: Any) -> torch.device:
+        """Where the network runs, which decides the autocast: its parameters' device, else the wrapped inferer's
+        `sw_device` (MONAI's sliding-window inferers can move CPU inputs to a GPU), else the input's device."""
+        if isinstance(network, torch.nn.Module):
+            param = next(network.parameters(), None)
+            if param is not None:
+                return param.device
+        sw_device = getattr(self.inferer, "sw_device", None)
+        return torch.device(sw_device) if sw_device is not None else inputs.device
+
     def __call__(self, inputs: torch.Tensor, network: Any, *args: Any, **kwargs: Any) -> Any:
-        kind = inputs.device.type
-        enabled = autocast_enabled(self.amp, inputs.device)
+        device = self.compute_device(inputs, network)
+        kind = device.type
+        enabled = autocast_enabled(self.amp, device)
         if self.amp and kind not in self._logged:  # say once per device why a CPU runs in fp32 despite `amp`
             self._logged.add(kind)
             if kind == "cpu":

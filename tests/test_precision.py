@@ -75,6 +75,18 @@ def test_autocast_rule_and_log(monkeypatch, caplog):
     assert caplog.text.count("no native bf16") == 1  # logged once per inferer and device, not per chunk
 
 
+def test_autocast_follows_the_device_the_network_runs_on():
+    """CPU inputs with the network (or the inferer's sw_device) on a GPU must autocast for the GPU, not the CPU."""
+    slices = SliceInferer(roi_size=[-1, -1], spatial_dim=0, sw_batch_size=2)
+    inferer = precision.AutocastInferer(slices, amp=True)
+    x = torch.zeros(1, 1, 4, 8, 8)
+    assert inferer.compute_device(x, _DtypeProbe()) == torch.device("cpu")
+    assert inferer.compute_device(x, _DtypeProbe().to("meta")) == torch.device("meta")  # parameters decide
+    on_gpu = precision.AutocastInferer(SliceInferer(roi_size=[-1, -1], spatial_dim=0, sw_device="cuda:0"), amp=True)
+    assert on_gpu.compute_device(x, lambda t: t) == torch.device("cuda:0")  # no parameters: the sw_device
+    assert inferer.compute_device(x, lambda t: t) == torch.device("cpu")  # neither: the input's device
+
+
 def test_cpu_bf16_supported_is_false_without_onednn(monkeypatch):
     assert isinstance(precision.cpu_bf16_supported(), bool)
     monkeypatch.setattr(torch.backends.mkldnn, "is_available", lambda: False)

@@ -103,6 +103,13 @@ def test_same_seed_gives_identical_weights(phantoms, trained, tmp_path):
     assert_same_weights(checkpoint(trained, 3)["model"], checkpoint(tmp_path, 3)["model"])
 
 
+def test_gradients_set_to_none_change_no_weight(phantoms, trained, tmp_path):
+    """train.json frees the gradients between steps (`optim_set_to_none`, which CUDA graphs need); zeroing them in
+    place, MONAI's default, must give the very same weights."""
+    train(phantoms, tmp_path, "--train#trainer#optim_set_to_none", "False")
+    assert_same_weights(checkpoint(trained, 3)["model"], checkpoint(tmp_path, 3)["model"])
+
+
 def test_killed_training_resumes_to_the_same_weights(phantoms, trained, tmp_path):
     # an epoch is 16 // 8 = 2 iterations: die hard (no cleanup, like SIGKILL) in the middle of epoch 3
     kill = tmp_path / "kill.json"
