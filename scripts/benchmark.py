@@ -1454,17 +1454,19 @@ def default_plan(device: torch.device, quick: bool) -> Plan:
     # CPU (the base): batch 4, not 16: the saved activations of one full-size EAS U-Net slice take about 1 GB in
     # fp32; channels_last halved EAS U-Net's CPU inference time on the 2-core machine (docs/benchmarks.md). The
     # inference variants are the configs' defaults: folded batch norms, and bf16 where the CPU runs it natively.
-    cpu_defaults = ["fp32+cl+fold"] + (["bf16+cl+fold"] if cpu_bf16_supported() else [])
+    # Training likewise: channels_last, and bf16 autocast where native (train.json's training inferer, since 0.4.1).
+    native = cpu_bf16_supported()
+    cpu_defaults = ["fp32+cl+fold"] + (["bf16+cl+fold"] if native else [])
     cpu = Plan(
         features=list(train_cfg["network_def"]["features"]),
         size=384,
         depth=160,
         batch_size=4,
         sw_batch_size=config_sw_batch_size(torch.device("cpu")),
-        variants=["fp32"],
+        variants=["fp32+cl"] + (["bf16+cl"] if native else []),
         volume_variants=cpu_defaults,
         inference_variants=cpu_defaults,
-        loop_variants=["fp32+nw2"],
+        loop_variants=["fp32+cl+nw2"] + (["bf16+cl+nw2"] if native else []),
         models=list(MODELS),
         train_warmup=1,
         train_repeats=2,
@@ -1493,6 +1495,7 @@ def default_plan(device: torch.device, quick: bool) -> Plan:
             size=64,
             depth=16,
             sw_batch_size=4,
+            variants=["fp32"],
             volume_variants=["fp32"],
             inference_variants=["fp32"],
             loop_variants=["fp32+nw0"],

@@ -3,8 +3,9 @@
 MONAI's engines autocast on CUDA only, and MONAI Label's infer task calls the bundle's `inferer` without any
 autocast, so `amp` meant fp32 on every CPU and in MONAI Label. `AutocastInferer` wraps the configs' inferers and
 decides per call, from the device the network runs on: bf16 on CUDA; bf16 on a CPU where oneDNN runs it natively
-(AVX512-BF16 or AMX: EAS U-Net's inference is about twice as fast there, docs/benchmarks.md); fp32 on other CPUs,
-where bf16 would be emulated and slower.
+(AVX512-BF16 or AMX: EAS U-Net's inference is about twice and its training step about three times as fast there,
+docs/benchmarks.md); fp32 on other CPUs, where bf16 would be emulated and slower. train.json's training inferer uses
+it on CPUs only: on CUDA MONAI's trainer autocasts forward and loss itself.
 """
 
 from __future__ import annotations
@@ -43,14 +44,20 @@ class AutocastInferer(Inferer):
     inferers), so postprocessing sees float32 either way. Nested inside an engine's own CUDA autocast it changes
     nothing.
 
+    In training (train.json's `train#inferer`, a `SimpleInferer` on CPU; on CUDA MONAI's trainer autocasts itself)
+    the network's own bf16 outputs come back; `float_outputs` turns them into float32 so that the loss (softmax, log,
+    Dice sums) is computed in float32, as CUDA autocast does for those operations.
+
     Args:
         inferer: the inferer to run, e.g. `SliceInferer(spatial_dim=0, ...)`.
         amp: the config key `amp`.
+        float_outputs: return float32 for every floating-point output tensor (in a list, tuple or dict too) that
+            came out of a bf16 autocast run.
     """
 
-    def __init__(self, inferer: Inferer, amp: bool = True) -> None:
+    def __init__(self, inferer: Inferer, amp: bool = True, float_outputs: bool = False) -> None:
         super().__init__()
-        self.inferer, self.amp = inferer, bool(amp)
+        self.inferer, self.amp, self.float_outputs = inferer, bool(amp), bool(float_outputs)
         self._logged: set[str] = set()
 
     def compute_device(self, inputs: torch.Tensor, network: Any) -> torch.device:
@@ -77,4 +84,16 @@ class AutocastInferer(Inferer):
                 )
         context = torch.autocast(kind, dtype=torch.bfloat16) if enabled else contextlib.nullcontext()
         with context:
-            return self.inferer(inputs, network, *args, **kwargs)
+            outputs = self.inferer(inputs, network, *args, **kwargs)
+        return _to_float32(outputs) if enabled and self.float_outputs else outputs
+
+
+def _to_float32(data: Any) -> Any:
+    """float32 copies of the bf16/fp16 tensors in `data` (a tensor, or a list, tuple or dict of them)."""
+    if isinstance(data, torch.Tensor):
+        return data.float() if data.is_floating_point() and data.dtype != torch.float32 else data
+    if isinstance(data, (list, tuple)):
+        return type(data)(_to_float32(d) for d in data)
+    if isinstance(data, dict):
+        return {k: _to_float32(v) for k, v in data.items()}
+    return data

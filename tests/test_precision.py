@@ -109,3 +109,37 @@ def test_configs_wrap_the_slice_inferer_with_amp(files, key):
         inferer = parser.get_parsed_content(key)
         assert isinstance(inferer, precision.AutocastInferer) and inferer.amp is amp
         assert isinstance(inferer.inferer, SliceInferer) and inferer.inferer.spatial_dim == 0
+
+
+@pytest.mark.parametrize(("device", "amp", "expected"), [("cpu", True, torch.bfloat16), ("cpu", False, torch.float32)])
+def test_training_inferer_autocasts_on_native_cpus_and_hands_the_loss_float32(device, amp, expected, monkeypatch):
+    """train.json's training forward: bf16 on a CPU with native bf16 when `amp`, float32 outputs for the loss either
+    way, and float32 gradients for the float32 weights."""
+    monkeypatch.setattr(precision, "cpu_bf16_supported", lambda: True)
+    parser = ConfigParser()
+    parser.read_config("configs/train.json")
+    parser.update({"amp": amp, "device": f"$torch.device('{device}')"})
+    inferer = parser.get_parsed_content("train#inferer")
+    net = _DtypeProbe().train()
+    outputs = inferer(torch.randn(2, 1, 8, 8), net)
+    assert net.seen == [expected]
+    assert outputs.dtype == torch.float32
+    outputs.square().mean().backward()
+    assert net.conv.weight.grad.dtype == torch.float32
+
+
+def test_training_inferer_leaves_cuda_autocast_to_the_trainer():
+    parser = ConfigParser()
+    parser.read_config("configs/train.json")
+    parser.update({"amp": True, "device": "$torch.device('cuda:0')"})
+    inferer = parser.get_parsed_content("train#inferer")
+    assert isinstance(inferer, precision.AutocastInferer) and inferer.amp is False  # MONAI's trainer autocasts CUDA
+    assert parser.get_parsed_content("train#trainer#amp") is True
+
+
+def test_float_outputs_cast_every_floating_tensor_in_lists_and_dicts():
+    half = torch.ones(2, dtype=torch.bfloat16)
+    labels = torch.ones(2, dtype=torch.int64)
+    out = precision._to_float32([half, (half, labels), {"a": half}, None])
+    assert out[0].dtype == torch.float32 and out[1][0].dtype == torch.float32 and out[2]["a"].dtype == torch.float32
+    assert out[1][1] is labels and out[3] is None and isinstance(out[1], tuple)

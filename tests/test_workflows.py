@@ -103,6 +103,14 @@ def test_same_seed_gives_identical_weights(phantoms, trained, tmp_path):
     assert_same_weights(checkpoint(trained, 3)["model"], checkpoint(tmp_path, 3)["model"])
 
 
+def test_bf16_training_on_a_cpu_is_deterministic(phantoms, tmp_path):
+    """`amp` trains in bf16 on CPUs with native bf16 (fp32 elsewhere): still the same weights for the same seed."""
+    runs = [tmp_path / "a", tmp_path / "b"]
+    for run in runs:
+        train(phantoms, run, "--amp", "True", epochs=2)
+    assert_same_weights(checkpoint(runs[0], 2)["model"], checkpoint(runs[1], 2)["model"])
+
+
 def test_gradients_set_to_none_change_no_weight(phantoms, trained, tmp_path):
     """train.json frees the gradients between steps (`optim_set_to_none`, which CUDA graphs need); zeroing them in
     place, MONAI's default, must give the very same weights."""
