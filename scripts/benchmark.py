@@ -1779,6 +1779,19 @@ def _floor_lines(report: dict) -> list[str]:
     return lines
 
 
+def recorded_command(args: Sequence[str]) -> str:
+    """The command line as the JSON records it, absolute paths cut to their file names: the JSON files are committed
+    under docs/, and a path of the machine that ran them means nothing elsewhere."""
+
+    def strip(arg: str) -> str:
+        flag, eq, value = arg.partition("=")
+        if eq and flag.startswith("-") and os.path.isabs(value):
+            return f"{flag}={Path(value).name}"
+        return Path(arg).name if os.path.isabs(arg) else arg
+
+    return " ".join(["python -m scripts.benchmark", *(strip(a) for a in args)])
+
+
 def run(
     only: str | Sequence[str] | None = None,
     device: str = "auto",
@@ -1889,7 +1902,7 @@ def run(
     report: dict[str, Any] = {
         "schema": SCHEMA,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "command": "python -m scripts.benchmark " + " ".join(sys.argv[1:])
+        "command": recorded_command(sys.argv[1:])
         if sys.argv[0].endswith("benchmark.py")
         else "scripts.benchmark.run(...)",
         "environment": _environment(dev),

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from scripts.benchmark import MEASUREMENTS, MODELS, Variant, run, workflow_runs
+from scripts.benchmark import MEASUREMENTS, MODELS, Variant, recorded_command, run, workflow_runs
 
 TINY = (8, 16, 32, 64, 128)
 
@@ -248,3 +248,10 @@ def test_workflow_runs_stops_at_the_budget_but_measures_once():
     assert [r["total_s"] for r in measured] == [50.0]  # over budget after the first measured run
     fake = _FakeRuns([5.0])
     assert workflow_runs(fake.run, 0, 2, 1.0, clock=fake.clock)[1] == [{"total_s": 5.0}]
+
+
+def test_recorded_command_keeps_no_machine_path():
+    args = ["--device", "cuda", "--output", "/root/out/step.json", "--data_dir=/work/x/phantoms", "--only", "floor"]
+    assert recorded_command(args) == (
+        "python -m scripts.benchmark --device cuda --output step.json --data_dir=phantoms --only floor"
+    )
