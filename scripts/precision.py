@@ -3,7 +3,7 @@
 MONAI's engines autocast on CUDA only, and MONAI Label's infer task calls the bundle's `inferer` without any
 autocast, so `amp` meant fp32 on every CPU and in MONAI Label. `AutocastInferer` wraps the configs' inferers and
 decides per call, from the device the network runs on: bf16 on CUDA; bf16 on a CPU where oneDNN runs it natively
-(AVX512-BF16 or AMX: EAS U-Net's inference is about twice and its training step about three times as fast there,
+(AVX512-BF16 or AMX: EAS U-Net's inference is about twice and its training step 2.6 times as fast there,
 docs/benchmarks.md); fp32 on other CPUs, where bf16 would be emulated and slower. train.json's training inferer uses
 it on CPUs only: on CUDA MONAI's trainer autocasts forward and loss itself.
 """
