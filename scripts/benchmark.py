@@ -82,6 +82,7 @@ MEASUREMENTS = ("floor", "train_step", "volume", "inference", "train_loop", "agr
 MODELS = ("eas_unet", "basic_unet")
 MODEL_LABELS = {"eas_unet": "EAS U-Net", "basic_unet": "BasicUNet"}
 BASELINE = "basic_unet"
+MODELS_WITH_DEPTHWISE = ("eas_unet",)  # where the `shift` option changes anything
 NUM_CLASSES = 3
 GIB = 1024**3
 
@@ -237,6 +238,8 @@ class Variant:
             the predicted cartilage, which a randomly initialised model makes meaningless; use with --checkpoint).
         fold: batch norms folded into the convolutions (`fold`; volume and inference only: inference.json's
             `fold_batch_norm`, which the benchmark sets explicitly both ways).
+        shifted: depthwise convolutions as sums of shifted products (`shift`, `scripts.networks.shifted`), which
+            only `torch.compile` can make fast.
     """
 
     precision: str = "fp32"
@@ -248,6 +251,7 @@ class Variant:
     gradscaler: bool = False
     measure: bool = False
     fold: bool = False
+    shifted: bool = False
 
     @classmethod
     def parse(cls, text: str | Variant) -> Variant:
@@ -274,6 +278,8 @@ class Variant:
                 kwargs["measure"] = True
             elif token == "fold":
                 kwargs["fold"] = True
+            elif token == "shift":
+                kwargs["shifted"] = True
             elif token.startswith("nw") and token[2:].isdigit():
                 kwargs["num_workers"] = int(token[2:])
             elif token:
@@ -297,6 +303,8 @@ class Variant:
             tokens.append("measure")
         if self.fold:
             tokens.append("fold")
+        if self.shifted:
+            tokens.append("shift")
         if self.num_workers is not None:
             tokens.append(f"nw{self.num_workers}")
         return "+".join(tokens)
@@ -304,7 +312,7 @@ class Variant:
     @property
     def step_key(self) -> str:
         """The train_step variant that matches a train_loop variant (loader workers dropped)."""
-        return Variant(self.precision, self.channels_last, self.compile, self.deterministic).name
+        return Variant(self.precision, self.channels_last, self.compile, self.deterministic, shifted=self.shifted).name
 
 
 def build_model(name: str, features: Sequence[int], size: int = 384) -> torch.nn.Module:
@@ -361,6 +369,10 @@ def make_loss() -> torch.nn.Module:
 
 def _prepare(model: torch.nn.Module, variant: Variant) -> tuple[torch.nn.Module, torch.nn.Module]:
     """(the model, the callable to run: compiled when asked)."""
+    if variant.shifted:
+        from scripts.networks import use_shifted_depthwise
+
+        use_shifted_depthwise(model)
     if variant.channels_last:
         model = model.to(memory_format=torch.channels_last)
     if variant.compile:
@@ -844,10 +856,16 @@ def _config_device(device: torch.device) -> str:
     return f"$torch.device('{device}')"
 
 
-def _network_expression(variant: Variant) -> str:
-    """The workflow's `network` for a variant: channels_last only with `cl`, whatever the config's default."""
+def _variant_network(variant: Variant) -> dict[str, Any]:
+    """The workflow's `network` for a variant: channels_last only with `cl`, whatever the config's default; with
+    `shift`, built from an added `shifted_network_def` that wraps `network_def`."""
     fmt = "torch.channels_last" if variant.channels_last else "torch.contiguous_format"
-    return f"$@network_def.to(@device, memory_format={fmt})"
+    if not variant.shifted:
+        return {"network": f"$@network_def.to(@device, memory_format={fmt})"}
+    return {
+        "shifted_network_def": {"_target_": "scripts.networks.use_shifted_depthwise", "model": "@network_def"},
+        "network": f"$@shifted_network_def.to(@device, memory_format={fmt})",
+    }
 
 
 def _save_random_checkpoint(config_file: Path, overrides: dict[str, Any], path: Path, seed: int = 0) -> None:
@@ -974,7 +992,7 @@ def measure_inference(
         overrides["model_path"] = str(Path(checkpoint).resolve())
     else:
         _save_random_checkpoint(config, overrides, ckpt_dir / "model.pt")
-    overrides["network"] = _network_expression(variant)  # explicit both ways: the configs default to channels_last
+    overrides.update(_variant_network(variant))  # explicit both ways: the configs default to channels_last
     if variant.compile:
         overrides["evaluator#compile"] = True
         if variant.compile != "default":
@@ -1167,7 +1185,7 @@ def measure_train_loop(
         cfg["num_workers"] = int(variant.num_workers)
     if keep_spacing:
         cfg["inplane_spacing"] = -1
-    cfg["network"] = _network_expression(variant)
+    cfg.update(_variant_network(variant))
     if variant.compile:
         cfg["train#trainer#compile"] = True
         if variant.compile != "default":
@@ -1580,6 +1598,15 @@ def _rate(ceilings: dict, precision: str, device: torch.device) -> float | None:
     return None if value is None else value * 1e12
 
 
+def _baseline_variant(name: str) -> str:
+    """The baseline's row for variant `name`: the same, less `shift` (BasicUNet has no depthwise convolution)."""
+    try:
+        variant = Variant.parse(name)
+    except ValueError:  # not a variant (e.g. an agreement row's "bf16 vs fp32")
+        return name
+    return replace(variant, shifted=False).name if variant.shifted else name
+
+
 def _annotate(rows: list[dict], stats: dict, ceilings: dict | None, plan: Plan, device: torch.device) -> None:
     """Add ratio to BasicUNet (same measurement, metric and variant) and the floor to every row."""
     index = {(r["measurement"], r["metric"], r["model"], r["variant"]): r for r in rows}
@@ -1589,7 +1616,7 @@ def _annotate(rows: list[dict], stats: dict, ceilings: dict | None, plan: Plan, 
             if step is not None and step["value"]:
                 r["details"]["pct_of_train_step"] = 100.0 * r["value"] / step["value"]
     for r in rows:
-        base = index.get((r["measurement"], r["metric"], BASELINE, r["variant"]))
+        base = index.get((r["measurement"], r["metric"], BASELINE, _baseline_variant(r["variant"])))
         ok = r["value"] is not None and base is not None and base["value"] not in (None, 0)
         r["ratio_to_basic_unet"] = r["value"] / base["value"] if ok else None
         r["floor_value"], r["pct_of_floor"] = None, None
@@ -2000,6 +2027,8 @@ def run(
     jobs: list[tuple] = []
 
     def job(phase, measurement, metrics, name, v: Variant, fn, reserve=0.0):
+        if v.shifted and name not in MODELS_WITH_DEPTHWISE:  # nothing to shift: the unshifted row is the same
+            return
         jobs.append(
             (
                 phase,

@@ -133,6 +133,7 @@ def test_table_lists_every_row(quick_report):
         ("bf16+compile=max-autotune-no-cudagraphs", Variant(precision="bf16", compile="max-autotune-no-cudagraphs")),
         ("bf16+det", Variant(precision="bf16", deterministic=True)),
         ("bf16+cl+nw8", Variant(precision="bf16", channels_last=True, num_workers=8)),
+        ("bf16+cl+shift+compile+nw8", Variant("bf16", True, "default", num_workers=8, shifted=True)),
     ],
 )
 def test_variant_parse(text, expected):
@@ -140,6 +141,24 @@ def test_variant_parse(text, expected):
     assert variant == expected
     assert Variant.parse(variant.name) == variant
     assert "nw" not in variant.step_key  # a train_loop variant maps to the train_step variant without loader workers
+
+
+def test_shift_runs_on_eas_unet_only_and_compares_with_the_unshifted_baseline(tmp_path):
+    """BasicUNet has no depthwise convolution: a `shift` variant is measured for EAS U-Net alone and its ratio is
+    taken against BasicUNet's row without `shift`."""
+    report = run(
+        only="train_step",
+        device="cpu",
+        quick=True,
+        features=TINY,
+        variants="fp32,fp32+shift",
+        output=str(tmp_path / "bench.json"),
+        threads=1,
+    )
+    rows = {(r["model"], r["variant"]): r for r in report["results"] if r["metric"] == "throughput"}
+    assert set(rows) == {("eas_unet", "fp32"), ("basic_unet", "fp32"), ("eas_unet", "fp32+shift")}
+    shifted, base = rows[("eas_unet", "fp32+shift")], rows[("basic_unet", "fp32")]
+    assert shifted["ratio_to_basic_unet"] == pytest.approx(shifted["value"] / base["value"])
 
 
 def test_variant_parse_rejects_unknown_token():

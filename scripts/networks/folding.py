@@ -12,11 +12,13 @@ from __future__ import annotations
 import torch
 from monai.networks.blocks import Convolution
 from torch.nn.modules.batchnorm import _BatchNorm
-from torch.nn.utils.fusion import fuse_conv_bn_eval
+from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_conv_bn_weights
+
+from .shifted import ShiftedDepthwiseConv
 
 __all__ = ["fold_batch_norms"]
 
-_FOLDABLE_CONVS = (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d)
+_FOLDABLE_CONVS = (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d, ShiftedDepthwiseConv)
 
 
 def _first_child(module: torch.nn.Module) -> tuple[str, torch.nn.Module] | None:
@@ -25,6 +27,12 @@ def _first_child(module: torch.nn.Module) -> tuple[str, torch.nn.Module] | None:
 
 def _fused(conv: torch.nn.Module, norm: _BatchNorm) -> torch.nn.Module:
     """conv with norm folded in, its weight kept in the memory format it had (channels_last stays channels_last)."""
+    if isinstance(conv, ShiftedDepthwiseConv):  # not an nn.Conv: fold into its (shared) parameters, then unshare
+        weight, bias = fuse_conv_bn_weights(
+            conv.weight, conv.bias, norm.running_mean, norm.running_var, norm.eps, norm.weight, norm.bias
+        )
+        conv.weight, conv.bias = weight, bias
+        return conv
     fused = fuse_conv_bn_eval(conv, norm)
     if conv.weight.dim() == 4 and conv.weight.is_contiguous(memory_format=torch.channels_last):
         fused.weight.data = fused.weight.data.contiguous(memory_format=torch.channels_last)
