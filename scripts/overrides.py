@@ -29,7 +29,12 @@ EXPRESSION_PREFIXES = ("$", "@", "%")
 FLAG = re.compile(r"^(--|-[a-zA-Z])")  # Fire's flags: not a negative number such as -1
 # keys whose default is an expression that picks a value per machine, but which users set to a plain value: checked
 # against a value of the type they take
-TYPED_EXPRESSION_KEYS: dict[str, Any] = {"num_workers": 0, "sw_batch_size": 0, "pin_memory": False}
+TYPED_EXPRESSION_KEYS: dict[str, Any] = {
+    "num_workers": 0,
+    "sw_batch_size": 0,
+    "pin_memory": False,
+    "compile_kwargs": {},
+}
 
 
 def runner_arguments() -> frozenset[str]:
