@@ -332,7 +332,47 @@ class ResumeFromLatest:
         load_dict = {**self.load_dict, "trainer": engine}  # the trainer state restores epoch and iteration
         if "validator" in load_dict:
             track_best_metric(load_dict["validator"])
+        scheduler = self.load_dict.get("lr_scheduler")
+        configured = getattr(scheduler, "total_iters", None)
         CheckpointLoader(str(path), load_dict, map_location=self.map_location, strict=True).attach(engine)
+        if configured is not None:  # after the loader: handlers of one event run in the order they were added
+            from ignite.engine import Events
+
+            engine.add_event_handler(Events.STARTED, lambda _: stretch_schedule(scheduler, configured, path))
+
+
+def stretch_schedule(scheduler: Any, total_iters: int, path: Path | str) -> None:
+    """Give a restored LR schedule the length this run asks for (`max_epochs`), and set the learning rate to where
+    the new schedule stands.
+
+    Why: the checkpoint restores the schedule of the run that saved it; a run resumed with a larger `max_epochs`
+    would otherwise keep that schedule's end, e.g. a learning rate of 0 for every added epoch of a finished
+    polynomial schedule, and train nothing without a word. An interrupted run resumed with its own `max_epochs`
+    is untouched.
+    """
+    restored = scheduler.total_iters
+    if restored == total_iters:
+        return
+    closed_form = getattr(scheduler, "_get_closed_form_lr", None)
+    if closed_form is None:
+        raise ValueError(
+            f"{path} holds a {type(scheduler).__name__} of {restored} epochs, this run asks for {total_iters} "
+            "(max_epochs), and this scheduler cannot be stretched: resume with the max_epochs of the saved run"
+        )
+    scheduler.total_iters = total_iters
+    for group, lr in zip(scheduler.optimizer.param_groups, closed_form()):
+        group["lr"] = lr
+    scheduler._last_lr = [group["lr"] for group in scheduler.optimizer.param_groups]
+    logger.warning(
+        "%s was saved with a learning-rate schedule of %d epochs; this run has max_epochs %d, so the schedule is "
+        "stretched to %d epochs and training continues after epoch %d at learning rate %s",
+        path,
+        restored,
+        total_iters,
+        total_iters,
+        scheduler.last_epoch,
+        ", ".join(f"{lr:.3g}" for lr in scheduler._last_lr),
+    )
 
 
 class TrainingStateSaver(CheckpointSaver):

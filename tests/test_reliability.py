@@ -456,3 +456,32 @@ def test_cli_stops_on_a_checkpoint_of_another_network(scans_with_bad_ones, tmp_p
     assert result.returncode == 1
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith(f"error: checkpoint {models / 'model.pt'} does not fit the configured network EASUNet")
+
+
+def test_stretched_schedule_hand_computed():
+    """A polynomial schedule of 2 epochs, finished (lr 0), stretched to 4: lr = 0.01 * (1 - 2/4) ** 0.9."""
+    from scripts.handlers import stretch_schedule
+
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.01)
+    scheduler = torch.optim.lr_scheduler.PolynomialLR(optimizer, total_iters=2, power=0.9)
+    for _ in range(2):
+        optimizer.step()
+        scheduler.step()
+    assert optimizer.param_groups[0]["lr"] == 0.0
+    stretch_schedule(scheduler, 4, "ckpt.pt")
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.01 * 0.5**0.9)
+    optimizer.step()
+    scheduler.step()  # the chained update continues the stretched schedule
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.01 * 0.25**0.9)
+    stretch_schedule(scheduler, 4, "ckpt.pt")  # the same length: untouched
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.01 * 0.25**0.9)
+
+
+def test_schedule_that_cannot_be_stretched_is_named():
+    from scripts.handlers import stretch_schedule
+
+    class Custom:
+        total_iters = 2
+
+    with pytest.raises(ValueError, match=r"ckpt.pt holds a Custom of 2 epochs, this run asks for 5 \(max_epochs\)"):
+        stretch_schedule(Custom(), 5, "ckpt.pt")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -96,6 +97,22 @@ def test_training_writes_models_and_logs(trained):
     full = checkpoint(trained, 3)
     assert {"model", "optimizer", "lr_scheduler", "trainer", "validator"} <= full.keys()
     assert full["trainer"]["iteration"] == 3 * 2 and "best_metric" in full["validator"]  # 2 iterations per epoch
+
+
+def test_resume_with_more_epochs_stretches_the_lr_schedule(phantoms, trained, tmp_path):
+    """A finished 3-epoch run resumed with --max_epochs 4 trains epoch 4 at the stretched polynomial schedule's
+    rate, 0.01 * (1 - 3/4) ** 0.9, not at the saved schedule's final 0 (which changed no weight, silently)."""
+    shutil.copytree(trained / "models", tmp_path / "models")
+    result = train(phantoms, tmp_path, "--resume", "true", epochs=4)
+    assert "schedule is stretched to 4 epochs and training continues after epoch 3 at learning rate 0.00287" in (
+        result.stdout + result.stderr
+    )
+    before, after = checkpoint(tmp_path, 3), checkpoint(tmp_path, 4)
+    assert after["lr_scheduler"]["total_iters"] == 4 and after["lr_scheduler"]["last_epoch"] == 4
+    conv = "stem.ds_0.pointwise.conv.weight"
+    assert not torch.equal(before["model"][conv], after["model"][conv])  # epoch 4 learned something
+    interrupted = checkpoint(trained, 3)["lr_scheduler"]
+    assert interrupted["total_iters"] == 3 and interrupted["_last_lr"] == [0.0]
 
 
 def test_same_seed_gives_identical_weights(phantoms, trained, tmp_path):
