@@ -34,6 +34,7 @@ __all__ = [
     "check_state_dict",
     "load_checkpoint",
     "require_checkpoint",
+    "require_compiler",
 ]
 
 HEADER_DATA_FIELDS = {".mhd": "ElementDataFile", ".nhdr": "data file"}  # detached-header formats and their data key
@@ -250,3 +251,38 @@ def load_checkpoint(path: str | Path) -> Any:
             f"({type(e).__name__ if 'Weights only' in str(e) else short_error(e)})"
         )
         raise SystemExit(f"error: cannot load model checkpoint {path}: {why}.") from None
+
+
+def require_compiler(enabled: bool, device: Any) -> None:
+    """Exit with one clear paragraph, before any data is loaded, when `compile` is on but torch.compile cannot build
+    kernels for `device`: Triton on a GPU, a C++ compiler on a CPU. Without this check the run would fail at its
+    first batch, after caching the dataset, with a long inductor traceback. Skipped where torch's own probes (private
+    modules) are missing."""
+    if not enabled:
+        return
+    kind = torch.device(device).type
+    if kind == "cuda":
+        try:
+            from torch.utils._triton import has_triton
+        except ImportError:
+            return
+        if not has_triton():
+            raise SystemExit(
+                "error: compile is on but torch.compile cannot build GPU kernels here: Triton is not installed or "
+                "does not work with this torch and GPU. Install the triton build that matches your torch (pip "
+                "install triton), or run without --compile True."
+            )
+    elif kind == "cpu":
+        try:
+            from torch._inductor.cpp_builder import get_cpp_compiler
+            from torch._inductor.exc import InvalidCxxCompiler
+        except ImportError:
+            return
+        try:
+            get_cpp_compiler()
+        except InvalidCxxCompiler:
+            raise SystemExit(
+                "error: compile is on but torch.compile cannot build CPU kernels here: no working C++ compiler "
+                "(g++ or clang++) was found. Install one (e.g. apt install g++) or name it in the CXX environment "
+                "variable, or run without --compile True."
+            ) from None

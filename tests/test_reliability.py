@@ -5,6 +5,7 @@ before it starts. Each case is one small file (volumes of a few thousand voxels)
 from __future__ import annotations
 
 import csv
+import json
 import locale
 import os
 import subprocess
@@ -485,3 +486,33 @@ def test_schedule_that_cannot_be_stretched_is_named():
 
     with pytest.raises(ValueError, match=r"ckpt.pt holds a Custom of 2 epochs, this run asks for 5 \(max_epochs\)"):
         stretch_schedule(Custom(), 5, "ckpt.pt")
+
+
+def test_compile_without_triton_or_cxx_is_named_before_the_run(monkeypatch):
+    """`--compile True` where torch.compile cannot build kernels stops at start-up with one paragraph, not at the
+    first batch after the dataset is cached."""
+    import torch._inductor.cpp_builder as cpp_builder
+    import torch.utils._triton as triton_probe
+    from torch._inductor.exc import InvalidCxxCompiler
+
+    from scripts.checks import require_compiler
+
+    monkeypatch.setattr(triton_probe, "has_triton", lambda: False)
+
+    def no_compiler():
+        raise InvalidCxxCompiler
+
+    monkeypatch.setattr(cpp_builder, "get_cpp_compiler", no_compiler)
+    require_compiler(False, "cuda:0")  # compile off: nothing to check
+    require_compiler(False, torch.device("cpu"))
+    with pytest.raises(SystemExit, match="cannot build GPU kernels here: Triton is not installed"):
+        require_compiler(True, torch.device("cuda:0"))
+    with pytest.raises(SystemExit, match=r"cannot build CPU kernels here: no working C\+\+ compiler"):
+        require_compiler(True, "cpu")
+
+
+@pytest.mark.parametrize("config", ["train.json", "inference.json", "multi_gpu_train.json"])
+def test_every_compiling_workflow_checks_the_compiler(config):
+    steps = json.loads((REPO / "configs" / config).read_text())["initialize"]
+    checks = [s for s in steps if isinstance(s, dict) and s.get("_target_") == "scripts.checks.require_compiler"]
+    assert checks == [{"_target_": "scripts.checks.require_compiler", "enabled": "@compile", "device": "@device"}]
