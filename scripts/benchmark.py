@@ -857,14 +857,12 @@ def _config_device(device: torch.device) -> str:
 
 
 def _variant_network(variant: Variant) -> dict[str, Any]:
-    """The workflow's `network` for a variant: channels_last only with `cl`, whatever the config's default; with
-    `shift`, built from an added `shifted_network_def` that wraps `network_def`."""
+    """The workflow's `network` for a variant: channels_last only with `cl`, whatever the config's default, and the
+    configs' `shifted_depthwise` key set by `shift`."""
     fmt = "torch.channels_last" if variant.channels_last else "torch.contiguous_format"
-    if not variant.shifted:
-        return {"network": f"$@network_def.to(@device, memory_format={fmt})"}
     return {
-        "shifted_network_def": {"_target_": "scripts.networks.use_shifted_depthwise", "model": "@network_def"},
-        "network": f"$@shifted_network_def.to(@device, memory_format={fmt})",
+        "shifted_depthwise": variant.shifted,
+        "network": f"$use_shifted_depthwise(@network_def, @shifted_depthwise).to(@device, memory_format={fmt})",
     }
 
 

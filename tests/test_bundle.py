@@ -292,6 +292,24 @@ def test_label_preset_override_still_applies_outside_monailabel(monkeypatch):
     assert parser["datalist"]["label_preset"] == "@active_label_preset"  # label codes are checked with it too
 
 
+@pytest.mark.parametrize("configs", [["train.json"], ["inference.json"], ["train.json", "multi_gpu_train.json"]])
+@pytest.mark.parametrize("shifted", [False, True])
+def test_shifted_depthwise_key(configs, shifted):
+    """`shifted_depthwise` makes the workflow's `network` compute its depthwise convolutions as shifted sums (for
+    torch.compile), in place on `network_def`'s instance, so checkpoints and folding see the same module."""
+    from scripts.networks import ShiftedDepthwiseConv
+
+    parser = ConfigParser()
+    parser.read_config([str(CONFIGS / c) for c in configs])
+    parser.update({"device": "$torch.device('cpu')", "shifted_depthwise": shifted})
+    parser["network_def"]["features"] = [4, 8, 16, 32, 64]
+    if "multi_gpu_train.json" in configs:  # the DDP wrapper needs a process group: build its module alone
+        parser["network"] = parser["network"]["module"]
+    network = parser.get_parsed_content("network")
+    assert network is parser.get_parsed_content("network_def")
+    assert sum(isinstance(m, ShiftedDepthwiseConv) for m in network.modules()) == (22 if shifted else 0)
+
+
 @pytest.mark.parametrize(
     ("configs", "device", "expected"),
     [

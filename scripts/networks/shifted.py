@@ -78,10 +78,12 @@ class ShiftedDepthwiseConv(nn.Module):
         return f"{self.weight.shape[0]}, kernel_size={self.kernel_size}, dilation={self.dilation}"
 
 
-def use_shifted_depthwise(model: nn.Module) -> nn.Module:
+def use_shifted_depthwise(model: nn.Module, enabled: bool = True) -> nn.Module:
     """Replace, in place, every depthwise convolution of `model` (see `is_depthwise`) by its shifted form, sharing
-    the parameters, and return `model` (so a config can wrap `network_def` in it). The state dict keeps its keys
-    and shapes."""
+    the parameters, and return `model` (so a config can wrap `network_def` in it; `enabled`, the configs'
+    `shifted_depthwise` key, False returns it untouched). The state dict keeps its keys and shapes."""
+    if not enabled:
+        return model
     targets = [
         (parent, name, child)
         for parent in model.modules()
