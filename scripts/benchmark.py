@@ -1576,6 +1576,9 @@ def _environment(device: torch.device) -> dict[str, Any]:
         "cuda": torch.version.cuda,
         "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
         "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32,
+        # inductor settings given by environment (e.g. TORCHINDUCTOR_COORDINATE_DESCENT_TUNING=1) change compiled
+        # results without showing in the command
+        "inductor_environment": {k: v for k, v in sorted(os.environ.items()) if k.startswith("TORCHINDUCTOR_")},
     }
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)

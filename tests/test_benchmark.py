@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from scripts.benchmark import MEASUREMENTS, MODELS, Variant, recorded_command, run, workflow_runs
 
@@ -274,3 +276,14 @@ def test_recorded_command_keeps_no_machine_path():
     assert recorded_command(args) == (
         "python -m scripts.benchmark --device cuda --output step.json --data_dir=phantoms --only floor"
     )
+
+
+def test_inductor_environment_is_recorded(monkeypatch):
+    """Inductor settings given by environment variables change compiled timings without showing in the command."""
+    from scripts.benchmark import _environment
+
+    for key in [k for k in os.environ if k.startswith("TORCHINDUCTOR_")]:
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("TORCHINDUCTOR_COORDINATE_DESCENT_TUNING", "1")
+    env = _environment(torch.device("cpu"))
+    assert env["inductor_environment"] == {"TORCHINDUCTOR_COORDINATE_DESCENT_TUNING": "1"}
