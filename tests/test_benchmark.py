@@ -145,18 +145,18 @@ def test_variant_parse(text, expected):
     assert "nw" not in variant.step_key  # a train_loop variant maps to the train_step variant without loader workers
 
 
+def quick_train_step(tmp_path, **options) -> dict:
+    """A --quick CPU run of the training step alone, writing bench.json into tmp_path."""
+    return run(
+        only="train_step", device="cpu", quick=True, features=TINY, output=str(tmp_path / "bench.json"), threads=1,
+        **options,
+    )  # fmt: skip
+
+
 def test_shift_runs_on_eas_unet_only_and_compares_with_the_unshifted_baseline(tmp_path):
     """BasicUNet has no depthwise convolution: a `shift` variant is measured for EAS U-Net alone and its ratio is
     taken against BasicUNet's row without `shift`."""
-    report = run(
-        only="train_step",
-        device="cpu",
-        quick=True,
-        features=TINY,
-        variants="fp32,fp32+shift",
-        output=str(tmp_path / "bench.json"),
-        threads=1,
-    )
+    report = quick_train_step(tmp_path, variants="fp32,fp32+shift")
     rows = {(r["model"], r["variant"]): r for r in report["results"] if r["metric"] == "throughput"}
     assert set(rows) == {("eas_unet", "fp32"), ("basic_unet", "fp32"), ("eas_unet", "fp32+shift")}
     shifted, base = rows[("eas_unet", "fp32+shift")], rows[("basic_unet", "fp32")]
@@ -169,16 +169,7 @@ def test_variant_parse_rejects_unknown_token():
 
 
 def test_failed_variant_is_recorded_not_raised(tmp_path):
-    report = run(
-        only="train_step",
-        device="cpu",
-        quick=True,
-        features=TINY,
-        models="eas_unet",
-        variants="fp32+compile=no-such-mode",
-        output=str(tmp_path / "bench.json"),
-        threads=1,
-    )
+    report = quick_train_step(tmp_path, models="eas_unet", variants="fp32+compile=no-such-mode")
     (row,) = [r for r in report["results"] if r["metric"] == "throughput"]
     assert row["status"].startswith("failed:") and row["value"] is None
     assert json.loads((tmp_path / "bench.json").read_text())["results"][0]["status"].startswith("failed:")
@@ -271,8 +262,9 @@ def test_workflow_runs_stops_at_the_budget_but_measures_once():
     assert workflow_runs(fake.run, 0, 2, 1.0, clock=fake.clock)[1] == [{"total_s": 5.0}]
 
 
-def test_recorded_command_keeps_no_machine_path():
-    args = ["--device", "cuda", "--output", "/root/out/step.json", "--data_dir=/work/x/phantoms", "--only", "floor"]
+def test_recorded_command_keeps_no_machine_path(tmp_path):
+    output, data = str(tmp_path / "out" / "step.json"), str(tmp_path / "x" / "phantoms")  # absolute paths
+    args = ["--device", "cuda", "--output", output, f"--data_dir={data}", "--only", "floor"]
     assert recorded_command(args) == (
         "python -m scripts.benchmark --device cuda --output step.json --data_dir=phantoms --only floor"
     )
