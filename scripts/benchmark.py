@@ -204,6 +204,17 @@ def time_calls(
     return {"warmup_s": warm, "times_s": times, "median_s": statistics.median(times)}
 
 
+def inductor_environment() -> dict[str, str]:
+    """TORCHINDUCTOR_* settings of the environment (e.g. TORCHINDUCTOR_COORDINATE_DESCENT_TUNING=1), which change
+    compiled results without showing in the command. Values that are paths (cache folders) are recorded as
+    `<path>`: they say nothing about speed and would put a machine's paths into the JSON."""
+    return {
+        k: "<path>" if os.sep in v or k.endswith("_DIR") else v
+        for k, v in sorted(os.environ.items())
+        if k.startswith("TORCHINDUCTOR_")
+    }
+
+
 def _read_config(name: str) -> dict[str, Any]:
     return json.loads((BUNDLE_ROOT / "configs" / name).read_text())
 
@@ -1578,7 +1589,7 @@ def _environment(device: torch.device) -> dict[str, Any]:
         "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32,
         # inductor settings given by environment (e.g. TORCHINDUCTOR_COORDINATE_DESCENT_TUNING=1) change compiled
         # results without showing in the command
-        "inductor_environment": {k: v for k, v in sorted(os.environ.items()) if k.startswith("TORCHINDUCTOR_")},
+        "inductor_environment": inductor_environment(),
     }
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)

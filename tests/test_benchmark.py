@@ -277,5 +277,10 @@ def test_inductor_environment_is_recorded(monkeypatch):
     for key in [k for k in os.environ if k.startswith("TORCHINDUCTOR_")]:
         monkeypatch.delenv(key)
     monkeypatch.setenv("TORCHINDUCTOR_COORDINATE_DESCENT_TUNING", "1")
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(Path("tmp") / "torchinductor_someone"))
     env = _environment(torch.device("cpu"))
-    assert env["inductor_environment"] == {"TORCHINDUCTOR_COORDINATE_DESCENT_TUNING": "1"}
+    # a cache folder is a machine path: recorded as set, not by value
+    assert env["inductor_environment"] == {
+        "TORCHINDUCTOR_CACHE_DIR": "<path>",
+        "TORCHINDUCTOR_COORDINATE_DESCENT_TUNING": "1",
+    }
