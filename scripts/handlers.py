@@ -353,16 +353,19 @@ def stretch_schedule(scheduler: Any, total_iters: int, path: Path | str) -> None
     restored = scheduler.total_iters
     if restored == total_iters:
         return
-    closed_form = getattr(scheduler, "_get_closed_form_lr", None)
-    if closed_form is None:
+    if not isinstance(scheduler, torch.optim.lr_scheduler.PolynomialLR):
         raise ValueError(
             f"{path} holds a {type(scheduler).__name__} of {restored} epochs, this run asks for {total_iters} "
-            "(max_epochs), and this scheduler cannot be stretched: resume with the max_epochs of the saved run"
+            "(max_epochs), and only a PolynomialLR schedule (train.json's) can be stretched: resume with the "
+            "max_epochs of the saved run"
         )
     scheduler.total_iters = total_iters
-    for group, lr in zip(scheduler.optimizer.param_groups, closed_form()):
-        group["lr"] = lr
-    scheduler._last_lr = [group["lr"] for group in scheduler.optimizer.param_groups]
+    # PolynomialLR's closed form from its public attributes; its chained update continues from the lr set here
+    done = min(total_iters, scheduler.last_epoch) / total_iters
+    for group, base_lr in zip(scheduler.optimizer.param_groups, scheduler.base_lrs):
+        group["lr"] = base_lr * (1.0 - done) ** scheduler.power
+    if hasattr(scheduler, "_last_lr"):  # what get_last_lr() reports until the next step (a private attribute)
+        scheduler._last_lr = [group["lr"] for group in scheduler.optimizer.param_groups]
     logger.warning(
         "%s was saved with a learning-rate schedule of %d epochs; this run has max_epochs %d, so the schedule is "
         "stretched to %d epochs and training continues after epoch %d at learning rate %s",
@@ -371,7 +374,7 @@ def stretch_schedule(scheduler: Any, total_iters: int, path: Path | str) -> None
         total_iters,
         total_iters,
         scheduler.last_epoch,
-        ", ".join(f"{lr:.3g}" for lr in scheduler._last_lr),
+        ", ".join(f"{group['lr']:.3g}" for group in scheduler.optimizer.param_groups),
     )
 
 

@@ -484,7 +484,8 @@ def test_schedule_that_cannot_be_stretched_is_named():
     class Custom:
         total_iters = 2
 
-    with pytest.raises(ValueError, match=r"ckpt.pt holds a Custom of 2 epochs, this run asks for 5 \(max_epochs\)"):
+    message = r"ckpt.pt holds a Custom of 2 epochs, this run asks for 5 \(max_epochs\), and only a PolynomialLR"
+    with pytest.raises(ValueError, match=message):
         stretch_schedule(Custom(), 5, "ckpt.pt")
 
 
