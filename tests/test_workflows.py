@@ -39,11 +39,11 @@ pytestmark = pytest.mark.slow
 
 
 def bundle(
-    *args: str, config: str | list[str] = "configs/train.json", check: bool = True
+    *args: str, config: str | list[str] = "configs/train.json", check: bool = True, run_id: str | None = None
 ) -> subprocess.CompletedProcess:
-    """Run `python -m monai.bundle run` from the repository root, like a user."""
+    """Run `python -m monai.bundle run [RUN_ID]` from the repository root, like a user."""
     configs = config if isinstance(config, str) else "[" + ",".join(f"'{c}'" for c in config) + "]"
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", configs, *args]
+    cmd = [sys.executable, "-m", "monai.bundle", "run", *([run_id] if run_id else []), "--config_file", configs, *args]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=env, timeout=600)
     if check and result.returncode != 0:
@@ -60,10 +60,12 @@ def phantoms(tmp_path_factory) -> Path:
     return root / "data"
 
 
-def train(data: Path, run: Path, *extra: str, epochs: int = 3, check: bool = True) -> subprocess.CompletedProcess:
+def train(
+    data: Path, run: Path, *extra: str, epochs: int = 3, check: bool = True, run_id: str | None = None
+) -> subprocess.CompletedProcess:
     return bundle(
         "--dataset_dir", str(data), "--ckpt_dir", str(run / "models"), "--output_dir", str(run / "eval"),
-        "--max_epochs", str(epochs), "--val_interval", "1", *TINY, *extra, check=check,
+        "--max_epochs", str(epochs), "--val_interval", "1", *TINY, *extra, check=check, run_id=run_id,
     )  # fmt: skip
 
 
@@ -116,7 +118,8 @@ def test_resume_with_more_epochs_stretches_the_lr_schedule(phantoms, trained, tm
 
 
 def test_same_seed_gives_identical_weights(phantoms, trained, tmp_path):
-    train(phantoms, tmp_path)
+    """Also the Model Zoo's spelling: `monai.bundle run training` runs the very program of plain `run`."""
+    train(phantoms, tmp_path, run_id="training")
     assert_same_weights(checkpoint(trained, 3)["model"], checkpoint(tmp_path, 3)["model"])
 
 
@@ -165,7 +168,7 @@ def test_killed_training_resumes_to_the_same_weights(phantoms, trained, tmp_path
 def test_evaluate_writes_both_protocols(phantoms, trained):
     bundle(
         "--dataset_dir", str(phantoms), "--ckpt_dir", str(trained / "models"), "--output_dir", str(trained / "eval"),
-        *TINY, config=["configs/train.json", "configs/evaluate.json"],
+        *TINY, config=["configs/train.json", "configs/evaluate.json"], run_id="evaluating",
     )  # fmt: skip
     out = trained / "eval" / "evaluation"
     summary = json.loads((out / "summary.json").read_text())
@@ -183,7 +186,7 @@ def test_inference_writes_label_maps_in_input_geometry(phantoms, trained, tmp_pa
     out = tmp_path / "seg"
     bundle(
         "--dataset_dir", str(phantoms / "imagesTs"), "--ckpt_dir", str(trained / "models"), "--output_dir", str(out),
-        *TINY_INFER, config="configs/inference.json",
+        *TINY_INFER, config="configs/inference.json", run_id="inferring",
     )  # fmt: skip
     for scan in sorted((phantoms / "imagesTs").glob("*.nii.gz")):
         image = nib.load(scan)
