@@ -29,7 +29,12 @@ from scripts.io_utils import atomic_write_text
 __all__ = ["profile_step", "conv_kind", "kernel_kind"]
 
 _CONV_OPS = {"aten::convolution": "forward", "aten::convolution_backward": "backward"}
-_NORM_OPS = ("batch_norm", "native_batch_norm")
+# the outermost batch-norm ops (their device time includes the kernels of the ops they call)
+_NORM_OPS = {
+    "aten::batch_norm": "forward",
+    "aten::native_batch_norm_backward": "backward",
+    "aten::cudnn_batch_norm_backward": "backward",
+}
 
 
 def conv_kind(shapes: list[Any]) -> str:
@@ -42,7 +47,8 @@ def conv_kind(shapes: list[Any]) -> str:
     weight = weights[1] if len(weights) == 2 else weights[2]
     in_channels = weights[0][1] if len(weights) == 2 else weights[1][1]
     taps = weight[2] * weight[3]
-    if weight[1] == 1 and in_channels > 1 and taps > 1:  # one input channel: a plain convolution (BasicUNet's first)
+    # one filter per input channel; with a single input channel (BasicUNet's first layer) it is a plain convolution
+    if weight[1] == 1 and in_channels > 1 and taps > 1:
         return "depthwise"
     if taps == 1:
         return "pointwise"
@@ -146,9 +152,8 @@ def profile_step(
             continue
         if ev.name in _CONV_OPS:
             by_op[f"{conv_kind(ev.input_shapes)} conv {_CONV_OPS[ev.name]}"] += ev.device_time_total
-        elif ev.name.startswith("aten::") and any(n in ev.name for n in _NORM_OPS) and "cudnn" not in ev.name:
-            if ev.name in ("aten::batch_norm", "aten::native_batch_norm_backward", "aten::cudnn_batch_norm_backward"):
-                by_op["batch norm " + ("backward" if "backward" in ev.name else "forward")] += ev.device_time_total
+        elif ev.name in _NORM_OPS:
+            by_op[f"batch norm {_NORM_OPS[ev.name]}"] += ev.device_time_total
     if by_op:
         by_op["everything else"] = max(total_us - sum(by_op.values()), 0.0)
     by_kernel_kind: dict[str, float] = defaultdict(float)
