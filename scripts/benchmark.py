@@ -868,13 +868,9 @@ def _config_device(device: torch.device) -> str:
 
 
 def _variant_network(variant: Variant) -> dict[str, Any]:
-    """The workflow's `network` for a variant: channels_last only with `cl`, whatever the config's default, and the
-    configs' `shifted_depthwise` key set by `shift`."""
-    fmt = "torch.channels_last" if variant.channels_last else "torch.contiguous_format"
-    return {
-        "shifted_depthwise": variant.shifted,
-        "network": f"$use_shifted_depthwise(@network_def, @shifted_depthwise).to(@device, memory_format={fmt})",
-    }
+    """The configs' own network keys for a variant: `channels_last` only with `cl` (the configs default to true),
+    `shifted_depthwise` with `shift`; the configs' `network` expression does the rest."""
+    return {"channels_last": variant.channels_last, "shifted_depthwise": variant.shifted}
 
 
 def _save_random_checkpoint(config_file: Path, overrides: dict[str, Any], path: Path, seed: int = 0) -> None:

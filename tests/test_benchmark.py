@@ -108,6 +108,10 @@ def test_inference_breakdown_and_loop_details(quick_report):
     assert loop["details"]["epochs_run"] == 2
     assert loop["details"]["timed_slices"] > 0
     assert loop["details"]["pct_of_train_step"] > 0
+    # the variant's layout reaches the config through its own keys, both ways (the configs default to channels_last)
+    overrides = loop["details"]["overrides"]
+    assert overrides["channels_last"] == ("+cl" in loop["variant"])
+    assert overrides["shifted_depthwise"] == ("shift" in loop["variant"])
 
 
 def test_agreement(quick_report):
