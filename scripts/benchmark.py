@@ -68,6 +68,7 @@ __all__ = [
     "build_model",
     "count_model",
     "measure_ceilings",
+    "make_train_step",
     "measure_train_step",
     "measure_volume",
     "measure_inference",
@@ -590,20 +591,18 @@ def _failed_rows(measurement: str, metrics: Sequence[tuple[str, str]], model: st
     return [_row(measurement, metric, model, variant, None, unit, status=status) for metric, unit in metrics]
 
 
-def measure_train_step(
+def make_train_step(
     model_name: str,
     variant: Variant,
     device: torch.device,
     features: Sequence[int],
     batch_size: int = 16,
     size: int = 384,
-    warmup: int = 5,
-    repeats: int = 30,
-    budget_s: float = 20.0,
     seed: int = 0,
-) -> list[dict]:
-    """(a) One SGD step of the training program (model, deep-supervision DiceCE, SGD 0.01/0.9/1e-4) on random
-    normal images and random labels in {0, 1, 2}; slices/s of the median step, and peak GPU memory."""
+) -> tuple[Callable[[], None], dict[str, Any]]:
+    """The training program's step (model, deep-supervision DiceCE, SGD 0.01/0.9/1e-4) on two alternating batches
+    of random normal images and random labels in {0, 1, 2}: `(step, state)`, where `state["loss"]` holds the last
+    loss. Shared by (a) and `scripts/experiments/profile_step.py`, so the profile is of the step measured here."""
     _cudnn(benchmark=True, deterministic=variant.deterministic)
     torch.manual_seed(seed)
     model = build_model(model_name, features, size).to(device).train()
@@ -636,6 +635,24 @@ def measure_train_step(
             optimizer.step()
         state["loss"] = loss
 
+    return step, state
+
+
+def measure_train_step(
+    model_name: str,
+    variant: Variant,
+    device: torch.device,
+    features: Sequence[int],
+    batch_size: int = 16,
+    size: int = 384,
+    warmup: int = 5,
+    repeats: int = 30,
+    budget_s: float = 20.0,
+    seed: int = 0,
+) -> list[dict]:
+    """(a) One SGD step of the training program (model, deep-supervision DiceCE, SGD 0.01/0.9/1e-4) on random
+    normal images and random labels in {0, 1, 2}; slices/s of the median step, and peak GPU memory."""
+    step, state = make_train_step(model_name, variant, device, features, batch_size, size, seed)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     timing = time_calls(step, device, warmup, repeats, budget_s, min_repeats=min(3, repeats))

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from scripts.benchmark import NUM_CLASSES, Variant, _autocast, _cudnn, _prepare, build_model, make_loss
+from scripts.benchmark import Variant, make_train_step
 from scripts.io_utils import atomic_write_text
 
 __all__ = ["profile_step", "conv_kind", "kernel_kind"]
@@ -102,22 +102,7 @@ def profile_step(
         raise SystemExit("profile_step needs a CUDA device: the categories are device-kernel times")
     device = torch.device("cuda")
     opts = Variant.parse(variant)
-    _cudnn(benchmark=True)
-    torch.manual_seed(0)
-    net_module = build_model(model, features, size).to(device).train()
-    net_module, net = _prepare(net_module, opts)
-    loss_fn = make_loss()
-    optimizer = torch.optim.SGD(net_module.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
-    fmt = torch.channels_last if opts.channels_last else torch.contiguous_format
-    x = torch.randn(batch_size, 1, size, size, device=device).contiguous(memory_format=fmt)
-    y = torch.randint(0, NUM_CLASSES, (batch_size, 1, size, size), device=device)
-
-    def step() -> None:
-        optimizer.zero_grad(set_to_none=True)
-        with _autocast(device, opts.precision):
-            loss = loss_fn(net(x), y)
-        loss.backward()
-        optimizer.step()
+    step, _ = make_train_step(model, opts, device, features, batch_size, size)
 
     t0 = time.perf_counter()
     for _ in range(int(warmup)):
