@@ -87,6 +87,7 @@ def test_package_versions_match_requirements():
     expected = {"monai": meta["monai_version"], "torch": meta["pytorch_version"], "numpy": meta["numpy_version"]}
     expected.update({k.lower(): v for k, v in meta["required_packages_version"].items()})
     assert {k: pins.get(k) for k in expected} == expected
+    assert sorted(pins) == sorted(expected), "every pin of requirements.txt is in metadata.json, and no other"
 
 
 @pytest.mark.shared

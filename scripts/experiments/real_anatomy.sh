@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Real-anatomy benchmark: EAS U-Net and the paper's three baselines, trained side by side on MR-like images
 # synthesised from real knee label maps (configs/train_from_labels.json), same data, split, loss, optimiser and
-# schedule; then each is evaluated on the test subjects in both protocols and the comparison figures are dumped.
+# schedule; then each is evaluated on the test subjects in both protocols (figures: python -m scripts.report).
 #
 #   bash scripts/experiments/real_anatomy.sh LABELS_DIR OUT_DIR [EPOCHS] [SLICES_PER_EPOCH] [SEED]
 #
