@@ -130,6 +130,18 @@ class FailureLog:
         writer.writerows((source, message.removeprefix(f"{source}: ")) for source, message in self.failures)
         atomic_write_text(self.path, buffer.getvalue(), overwrite=True)  # our own file of this run
 
+    def _settle_earlier_list(self) -> None:
+        """A failure list from an earlier run must not outlive a clean rerun unnoticed: with `overwrite` it becomes
+        this run's (empty) list, otherwise a warning says whose it is."""
+        earlier = self.output_dir / self.file_name
+        if not earlier.exists():
+            return
+        if self.overwrite:
+            atomic_write_text(earlier, "scan,error\n", overwrite=True)
+            logger.info("%s now lists this run's failures: none", earlier)
+        else:
+            logger.warning("%s is from an earlier run (this run had no failures); it is kept as it was", earlier)
+
     def _free_path(self) -> Path:
         path = self.output_dir / self.file_name
         stem, suffix = path.name.split(".", 1) if "." in path.name else (path.name, "")
@@ -150,6 +162,7 @@ class FailureLog:
         total = self.succeeded + len(self.failures)
         if not self.failures:
             logger.info("all %d scan(s) segmented; outputs in %s", total, self.output_dir)
+            self._settle_earlier_list()
             return True
         listed = "\n  ".join(message for _, message in self.failures)
         message = (

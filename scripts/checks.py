@@ -26,6 +26,7 @@ __all__ = [
     "ScanError",
     "check_scan",
     "intensity_problem",
+    "geometry_problem",
     "check_dicom_series",
     "unreadable_reason",
     "short_error",
@@ -61,8 +62,28 @@ def check_scan(image: torch.Tensor, source: str, min_size: int = 8) -> None:
         )
     if min(shape[1:]) < min_size:
         raise ScanError(f"{source}: volume of shape {shape[1:]} has an axis under {min_size} voxels (a 2D image?)")
+    affine = getattr(image, "affine", None)
+    if affine is not None and (problem := geometry_problem(affine)):
+        raise ScanError(f"{source}: {problem}")
     if problem := intensity_problem(image):
         raise ScanError(f"{source}: {problem}")
+
+
+def geometry_problem(affine: Any) -> str | None:
+    """Why a scan's voxel-to-world matrix cannot place it (NaN, a zero spacing, axes that are not independent), or
+    None. Reorientation and resampling need an invertible affine; without this check a header with a zero pixdim
+    fails deep inside MONAI's Orientation with "Unable to find out axis ... in start_ornt"."""
+    matrix = np.asarray(affine, dtype=np.float64)[:3, :3]
+    if not np.isfinite(matrix).all():
+        return "its voxel-to-world matrix (affine) holds NaN or infinite values; the header is damaged"
+    spacing = np.sqrt((matrix**2).sum(axis=0))
+    shown = "x".join(f"{v:.4g}" for v in spacing)
+    if spacing.min() <= 1e-6 or abs(np.linalg.det(matrix)) <= 1e-6 * float(np.prod(spacing)):
+        return (
+            f"its voxel-to-world matrix (affine) is singular (voxel spacing {shown} mm, or axes that are not "
+            "independent): a zero pixdim or a damaged qform/sform in the header; fix the header before use"
+        )
+    return None
 
 
 def intensity_problem(values: torch.Tensor | np.ndarray) -> str | None:

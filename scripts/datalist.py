@@ -47,7 +47,9 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".mhd", ".mha", ".nrrd", ".nhdr")
-MODALITY_SUFFIX = re.compile(r"_\d{4}$")  # nnU-Net channel suffix, e.g. "_0000"
+MODALITY_SUFFIX = re.compile(r"_0000$")  # nnU-Net channel-0 suffix; not any 4 digits, which a year like _2019 is
+# names this bundle writes next to each scan (scripts.writers, scripts.quantify): a rerun must not segment them
+OUTPUT_POSTFIXES = ("_seg", "_thickness")
 OAI_ID = re.compile(r"(?<!\d)(9\d{6})(?!\d)")  # OAI subject ids are 7 digits starting with 9
 SPLITS = ("training", "validation", "test")
 
@@ -134,19 +136,41 @@ def scan_datalist(path: str | Path, exit_on_error: bool = False) -> list[dict[st
             if _strip_image_suffix(target.name) is None and not _is_dicom_file(target):
                 raise DatasetError(f"{target} is not a NIfTI, MetaImage, NRRD or DICOM file")
             return [{"image": str(target)}]
-        return [{"image": str(p)} for p in find_scans(target)]
+        return [{"image": str(p)} for p in _without_own_outputs(find_scans(target))]
     except DatasetError as e:
         if exit_on_error:
             raise SystemExit(f"dataset error: {e}") from None
         raise
 
 
-def _index_by_case(files: Iterable[Path], where: Path) -> dict[str, Path]:
+def _without_own_outputs(scans: list[Path]) -> list[Path]:
+    """Drop `X_seg` / `X_thickness` files that sit beside a scan `X` (this bundle's outputs of an earlier run into
+    the scan folder, which would otherwise be segmented as knees), and refuse two scans that would write the same
+    outputs (`knee.nii` and `knee.nii.gz`, `knee_0000.nii.gz` and `knee.nii.gz`)."""
+    names = {case_name(p) for p in scans}
+    own = [
+        p for p in scans if any(case_name(p).endswith(x) and case_name(p)[: -len(x)] in names for x in OUTPUT_POSTFIXES)
+    ]
+    if own:
+        logger.warning(
+            "skipped %d file(s) that look like this bundle's outputs for scans in the same folder (e.g. %s)",
+            len(own),
+            own[0].name,
+        )
+    kept = [p for p in scans if p not in own]
+    _index_by_case(kept, kept[0].parent if kept else Path("."), "their outputs would overwrite each other; rename one")
+    return kept
+
+
+def _index_by_case(files: Iterable[Path], where: Path, why: str = "") -> dict[str, Path]:
     index: dict[str, Path] = {}
     for f in files:
         name = case_name(f)
         if name in index:
-            raise DatasetError(f"two files in {where} map to the same case {name!r}: {index[name].name}, {f.name}")
+            raise DatasetError(
+                f"two files in {where} map to the same case {name!r}: {index[name].name}, {f.name}"
+                + (f"; {why}" * bool(why))
+            )
         index[name] = f
     return index
 
@@ -238,7 +262,14 @@ def split_by_subject(
 
 def _apply_split_file(entries: Sequence[Mapping[str, str]], split_file: Path) -> dict[str, list[dict[str, str]]]:
     """Assign entries to splits by the subject ids listed in a committed split file."""
-    spec = json.loads(split_file.read_text())
+    try:
+        spec = json.loads(split_file.read_text())
+    except FileNotFoundError:
+        raise DatasetError(f"split_file {split_file} does not exist") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DatasetError(f"split_file {split_file} cannot be read as JSON ({type(e).__name__}: {e})") from None
+    if not isinstance(spec, Mapping) or not any(isinstance(spec.get(s), list) for s in SPLITS):
+        raise DatasetError(f"split_file {split_file} must be a JSON object with subject-id lists under {list(SPLITS)}")
     owner = {str(s): split for split in SPLITS for s in spec.get(split, [])}
     missing = sorted({e["subject"] for e in entries} - owner.keys())
     if missing:
@@ -259,7 +290,7 @@ def _read(path: str) -> tuple[Any, np.ndarray]:
 
 def _check_entry(entry: Mapping[str, str], preset_name: str | None, atol: float) -> list[str]:
     """All problems of one image/label pair, as messages that name the file."""
-    from scripts.checks import ScanError, check_dicom_series, intensity_problem, unreadable_reason
+    from scripts.checks import ScanError, check_dicom_series, geometry_problem, intensity_problem, unreadable_reason
 
     problems: list[str] = []
     arrays: dict[str, tuple[Any, np.ndarray]] = {}
@@ -282,6 +313,9 @@ def _check_entry(entry: Mapping[str, str], preset_name: str | None, atol: float)
             continue
         if arr.ndim != 3:
             problems.append(f"{path}: a 3D volume is required, got {arr.ndim}D data of shape {tuple(arr.shape)}")
+            continue
+        if problem := geometry_problem(affine):
+            problems.append(f"{path}: {problem}")
             continue
         if key == "image" and (problem := intensity_problem(np.asarray(arr))):
             problems.append(f"{path}: {problem}")
@@ -417,6 +451,10 @@ def prepare_datalist(
         num_workers: threads used to validate files.
     """
     try:
+        try:
+            get_preset(label_preset)
+        except ValueError as e:
+            raise DatasetError(str(e)) from None
         root = Path(dataset_dir).expanduser()
         if phantoms is not None:
             _generate_phantoms_once(root, phantoms)

@@ -276,13 +276,19 @@ def monailabel_server(environ: Mapping[str, str] | None = None) -> bool:
 
 def check_run_dir(ckpt_dir: str, resume: bool = False, overwrite: bool = False) -> bool:
     """Refuse to start a fresh training over the models of an earlier run in `ckpt_dir` (exit with a clear message)
-    unless the user resumes it or sets `overwrite`."""
+    unless the user resumes it or sets `overwrite`, and a resume with nothing to resume from, before any data is
+    loaded."""
     folder = Path(ckpt_dir)
+    if resume and latest_checkpoint(folder) is None:
+        raise SystemExit(
+            f"error: --resume True was given, but {folder} holds no checkpoint_*.pt file to resume from. Train "
+            "without --resume first, or point --ckpt_dir at the folder of the run to resume."
+        )
     earlier = sorted(p.name for p in folder.glob("*.pt")) if folder.is_dir() else []
     if earlier and not resume and not overwrite:
         raise SystemExit(
             f"error: {folder} already holds {', '.join(earlier[:4])} from an earlier run. Continue it with "
-            "--resume true, write elsewhere with --ckpt_dir DIR, or replace it with --overwrite true."
+            "--resume True, write elsewhere with --ckpt_dir DIR, or replace it with --overwrite True."
         )
     return True
 

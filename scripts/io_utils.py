@@ -5,10 +5,10 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-__all__ = ["atomic_path", "atomic_write_text", "check_writable_target"]
+__all__ = ["atomic_path", "atomic_write_text", "check_writable_target", "prepare_output_dir"]
 
 
 def check_writable_target(path: str | os.PathLike, overwrite: bool) -> Path:
@@ -47,3 +47,31 @@ def atomic_write_text(path: str | os.PathLike, text: str, overwrite: bool = True
     with atomic_path(path, overwrite) as tmp:
         tmp.write_text(text, encoding="utf-8")
     return Path(path)
+
+
+def prepare_output_dir(
+    folder: str | os.PathLike, existing: Sequence[str] = (), overwrite: bool = False, what: str = "output_dir"
+) -> bool:
+    """Before any work: create `folder`, prove it can be written, and refuse (one paragraph, SystemExit) when it
+    already holds any of the run-level files in `existing` from an earlier run and `overwrite` is off. Without this a
+    read-only or mistyped folder fails after the first scan or epoch with a long traceback, and an evaluation rerun
+    replaces the earlier one's reports without a word. True, so it can sit in a config's `initialize`."""
+    path = Path(folder).expanduser()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(prefix=".write-test-", dir=path):
+            pass
+    except OSError as e:
+        reason = (
+            "it is a file, or a file is in its path"
+            if isinstance(e, (FileExistsError, NotADirectoryError))
+            else e.strerror
+        )
+        raise SystemExit(f"error: {what} {path} cannot be written: {reason}. Choose another --{what}.") from None
+    found = [name for name in existing if (path / name).exists()]
+    if found and not overwrite:
+        raise SystemExit(
+            f"error: {what} {path} already holds {', '.join(found)} from an earlier run. Write elsewhere with "
+            f"--{what} DIR, or replace them with --overwrite True."
+        )
+    return True

@@ -18,11 +18,11 @@ import difflib
 import inspect
 import re
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["RUNNER_COMMANDS", "runner_arguments", "parse_cli", "override_problem", "check_overrides"]
+__all__ = ["RUNNER_COMMANDS", "VALUE_RULES", "runner_arguments", "parse_cli", "override_problem", "check_overrides"]
 
 RUNNER_COMMANDS = ("run", "run_workflow")
 EXPRESSION_PREFIXES = ("$", "@", "%")
@@ -35,6 +35,75 @@ TYPED_EXPRESSION_KEYS: dict[str, Any] = {
     "pin_memory": False,
     "compile_kwargs": {},
 }
+
+
+def _at_least(low: float, what: str = "a whole number") -> Callable[[Any], str | None]:
+    return lambda v: None if v >= low else f"takes {what} of at least {low}"
+
+
+def _label_preset(value: Any) -> str | None:
+    from scripts.labels import PRESETS
+
+    return None if value in PRESETS else f"is one of {', '.join(sorted(PRESETS))}"
+
+
+def _laterality(value: Any) -> str | None:
+    return None if str(value).lower() in ("auto", "left", "right") else "is auto, left or right"
+
+
+def _percentiles(value: Any) -> str | None:
+    ok = len(value) == 2 and all(isinstance(x, (int, float)) for x in value) and 0 <= value[0] < value[1] <= 100
+    return None if ok else "takes [low, high] percentiles with 0 <= low < high <= 100"
+
+
+def _inplane_spacing(value: Any) -> str | None:
+    return None if value > 0 or value == -1 else "takes a spacing in mm above 0, or -1 to keep each scan's own"
+
+
+def _cache_rate(value: Any) -> str | None:
+    return None if 0 <= value <= 1 else "takes a fraction from 0 to 1"
+
+
+def _device(value: Any) -> str | None:
+    import torch
+
+    text = str(value)
+    if text.startswith(EXPRESSION_PREFIXES) or "cuda" not in text or torch.cuda.is_available():
+        return None
+    return "names a CUDA device, but torch finds no usable GPU here (a CPU-only torch build, or no driver); use cpu"
+
+
+# values that have the right type but cannot work: checked after the type, for top-level keys only, so a run stops
+# with this sentence instead of an exception from deep inside ignite, a transform or a division by zero
+VALUE_RULES: dict[str, Callable[[Any], str | None]] = {
+    "max_epochs": _at_least(1),
+    "batch_size": _at_least(1),
+    "slices_per_epoch": _at_least(1),
+    "slices_per_volume": _at_least(1),
+    "val_interval": _at_least(1),
+    "max_indices_per_class": _at_least(1),
+    "num_workers": _at_least(0),
+    "sw_batch_size": _at_least(1),
+    "learning_rate": lambda v: None if v > 0 else "takes a number above 0",
+    "cache_rate": _cache_rate,
+    "label_preset": _label_preset,
+    "laterality": _laterality,
+    "intensity_percentiles": _percentiles,
+    "inplane_spacing": _inplane_spacing,
+    "device": _device,
+}
+
+
+def _value_problem(flag: str, raw: str, value: Any) -> str | None:
+    """A message if a well-typed top-level `value` is outside what `flag` can take (VALUE_RULES)."""
+    rule = VALUE_RULES.get(flag)
+    if rule is None or (isinstance(value, str) and value.startswith(EXPRESSION_PREFIXES)):
+        return None
+    try:
+        problem = rule(value)
+    except TypeError:
+        return None  # a type the rule does not know: the type check has spoken already
+    return None if problem is None else f"{_shown(flag, raw)}: '{flag}' {problem}"
 
 
 def runner_arguments() -> frozenset[str]:
@@ -204,7 +273,7 @@ def override_problem(config: Mapping[str, Any], flag: str, raw: str, value: Any,
                 continue
             return f"{_shown(flag, raw)}: '{here}' is a list of {len(node)} items; '{part}' is not an index of it"
         return f"{_shown(flag, raw)}: '{here}' is a value ({node!r}), not a section with keys"
-    return _type_problem(flag, raw, node, value)
+    return _type_problem(flag, raw, node, value) or (_value_problem(flag, raw, value) if len(parts) == 1 else None)
 
 
 def check_overrides(argv: Sequence[str] | None = None) -> bool:

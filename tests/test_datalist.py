@@ -187,3 +187,65 @@ def test_scan_datalist_finds_files_and_dicom_folders(tmp_path):
     names = [Path(e["image"]).name for e in scan_datalist(tmp_path)]
     assert names == ["a.nii.gz", "b.mhd", "c.nii.gz", "series_1"]
     assert scan_datalist(tmp_path / "a.nii.gz") == [{"image": str(tmp_path / "a.nii.gz")}]
+
+
+# ---------------------------------------------------------------- names, own outputs, split files, geometry
+
+
+def test_case_name_keeps_years_and_strips_only_the_channel_suffix():
+    assert case_name("knee_2019.nii.gz") == "knee_2019"  # a year is part of the name, not an nnU-Net channel
+    assert case_name("knee_2019_0000.nii.gz") == "knee_2019"
+    assert case_name("knee_0001.nii.gz") == "knee_0001"  # only channel 0 is a single-channel scan
+
+
+def test_two_scans_with_one_output_name_are_refused(tmp_path):
+    for name in ("knee.nii", "knee.nii.gz"):
+        write_nifti(tmp_path / name, np.random.rand(6, 8, 8).astype(np.float32))
+    with pytest.raises(DatasetError, match=r"map to the same case 'knee': knee.nii, knee.nii.gz; their outputs would"):
+        scan_datalist(tmp_path)
+
+
+def test_own_outputs_beside_their_scans_are_not_segmented_again(tmp_path, caplog):
+    write_nifti(tmp_path / "knee.nii.gz", np.random.rand(6, 8, 8).astype(np.float32))
+    write_nifti(tmp_path / "knee_seg.nii.gz", label_volume())
+    write_nifti(tmp_path / "knee_thickness.nii.gz", np.random.rand(6, 8, 8).astype(np.float32))
+    write_nifti(tmp_path / "other_seg.nii.gz", np.random.rand(6, 8, 8).astype(np.float32))  # no scan "other": a scan
+    with caplog.at_level("WARNING"):
+        names = [Path(e["image"]).name for e in scan_datalist(tmp_path)]
+    assert names == ["knee.nii.gz", "other_seg.nii.gz"]
+    assert "skipped 2 file(s) that look like this bundle's outputs" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "content, expected",
+    [
+        (None, "split_file .*missing.json does not exist"),
+        ("{not json", "split_file .*split.json cannot be read as JSON \\(JSONDecodeError"),
+        ('["a_001"]', "must be a JSON object with subject-id lists under \\['training', 'validation', 'test'\\]"),
+    ],
+)
+def test_bad_split_file_is_a_dataset_error(tmp_path, content, expected):
+    root = make_cm_layout(tmp_path / "data")
+    split = tmp_path / ("missing.json" if content is None else "split.json")
+    if content is not None:
+        split.write_text(content)
+    with pytest.raises(DatasetError, match=expected):
+        prepare_datalist(str(root), split_file=str(split), validate=False)
+    with pytest.raises(SystemExit, match="dataset error: split_file"):
+        prepare_datalist(str(root), split_file=str(split), validate=False, exit_on_error=True)
+
+
+def test_unknown_label_preset_is_one_error_before_any_file_is_read(tmp_path):
+    with pytest.raises(DatasetError, match="^unknown label_preset 'oaizib'; choose one of") as err:
+        prepare_datalist(str(tmp_path / "does-not-matter"), label_preset="oaizib")
+    assert "problem(s)" not in str(err.value)
+
+
+def test_singular_affine_is_named(tmp_path):
+    path = tmp_path / "flat.nii.gz"
+    header = nib.Nifti1Header()
+    header.set_sform(np.diag([0.7, 0.5, 0.0, 1.0]), code=1)  # a zero spacing, as a damaged header has
+    header["pixdim"][1:4] = [0.7, 0.5, 0.0]
+    nib.save(nib.Nifti1Image(np.random.rand(6, 8, 8).astype(np.float32), None, header), str(path))
+    with pytest.raises(DatasetError, match=r"flat.nii.gz: its voxel-to-world matrix \(affine\) is singular"):
+        validate_entries([{"image": str(path)}])

@@ -24,7 +24,8 @@ from monai.networks.nets import BasicUNet
 from scripts.batch import FAILURE_KEY, FailSafeDataset, FailureLog, ScansFailedError, describe_failure
 from scripts.checks import require_checkpoint
 from scripts.datalist import DatasetError, scan_datalist, validate_entries
-from scripts.handlers import ResumeFromLatest
+from scripts.handlers import ResumeFromLatest, check_run_dir
+from scripts.io_utils import prepare_output_dir
 from scripts.networks import EASUNet
 from scripts.overrides import check_overrides, parse_cli
 from scripts.writers import SaveLabelMapd
@@ -123,6 +124,15 @@ def _with(value: float) -> Callable[[Path], Path]:
     return write
 
 
+def _zero_spacing(path: Path) -> Path:
+    """A header whose third voxel axis has zero length (pixdim 0), as damaged conversions write."""
+    header = nib.Nifti1Header()
+    header.set_sform(np.diag([0.7, 0.5, 0.0, 1.0]), code=1)
+    header["pixdim"][1:4] = [0.7, 0.5, 0.0]
+    nib.save(nib.Nifti1Image(volume(), None, header), str(path))
+    return path
+
+
 def _mixed_dicom(path: Path) -> Path:
     folder = path.parent / "series_mixed"
     write_dicom_series(folder, "1.2.826.0.1.1.1")
@@ -142,6 +152,7 @@ BAD_SCANS = {
     "inf": (_with(np.inf), "scan.nii.gz: contains NaN or infinite intensities"),
     "constant": (lambda p: write_nifti(p, np.full((10, 12, 12), 7, np.int16)), "every voxel has the same value (7"),
     "dicom_mixed_series": (_mixed_dicom, "series_mixed: this DICOM folder holds 2 series"),
+    "singular_affine": (_zero_spacing, "scan.nii.gz: its voxel-to-world matrix (affine) is singular (voxel spacing"),
 }
 
 
@@ -227,6 +238,61 @@ def test_failure_log_writes_atomically_and_never_replaces_an_earlier_list(tmp_pa
         log.raise_if_failed()  # a Python caller (not `monai.bundle run`): an exception it can catch
     assert FailureLog(str(tmp_path), overwrite=True)._free_path() == tmp_path / "failures.csv"
     assert FailureLog(str(tmp_path / "clean")).raise_if_failed() is True
+
+
+def test_clean_rerun_settles_an_earlier_failure_list(tmp_path, caplog):
+    earlier = tmp_path / "failures.csv"
+    earlier.write_text("scan,error\nold.nii.gz,from an earlier run\n")
+    with caplog.at_level("WARNING"):
+        assert FailureLog(str(tmp_path)).raise_if_failed() is True
+    assert "is from an earlier run (this run had no failures); it is kept" in caplog.text
+    assert earlier.read_text().endswith("from an earlier run\n")
+    assert FailureLog(str(tmp_path), overwrite=True).raise_if_failed() is True
+    assert earlier.read_text() == "scan,error\n"  # with overwrite the list is this run's: no failures
+
+
+# ---------------------------------------------------------------- output folders, before any work
+
+
+def test_output_dir_that_cannot_be_written_is_named(tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    for folder in (blocker, blocker / "out"):
+        with pytest.raises(SystemExit, match=r"^error: output_dir .*a_file.* cannot be written: it is a file, or a"):
+            prepare_output_dir(folder)
+    made = tmp_path / "new" / "deeper"
+    assert prepare_output_dir(made) is True and made.is_dir() and not list(made.iterdir())  # no test file left
+
+
+def test_earlier_run_level_outputs_are_kept_unless_overwrite(tmp_path):
+    (tmp_path / "summary.json").write_text("{}")
+    with pytest.raises(SystemExit, match=r"already holds summary.json from an earlier run.*--overwrite True"):
+        prepare_output_dir(tmp_path, existing=["metrics_volume.csv", "summary.json"])
+    assert prepare_output_dir(tmp_path, existing=["summary.json"], overwrite=True) is True
+    assert (tmp_path / "summary.json").read_text() == "{}"
+
+
+def test_evaluation_refuses_to_replace_earlier_reports(tmp_path):
+    """evaluate.json checks its report folder in `initialize`, before the checkpoint or any scan is read."""
+    (tmp_path / "evaluation").mkdir()
+    (tmp_path / "evaluation" / "summary.md").write_text("an earlier evaluation")
+    parser = ConfigParser()
+    parser.read_config([str(TRAIN), str(REPO / "configs" / "evaluate.json")])
+    parser.update({"output_dir": str(tmp_path)})
+    step = next(i for i, e in enumerate(parser["initialize"]) if "prepare_output_dir" in str(e))
+    with pytest.raises(SystemExit, match=r"evaluation already holds summary.md from an earlier run"):
+        parser.get_parsed_content(f"initialize#{step}")
+    parser.update({"overwrite": True})
+    parser.parse()
+    assert parser.get_parsed_content(f"initialize#{step}") is True
+
+
+def test_resume_without_a_checkpoint_stops_before_any_work(tmp_path):
+    with pytest.raises(SystemExit, match=r"--resume True was given, but .* holds no checkpoint_\*\.pt file"):
+        check_run_dir(str(tmp_path / "models"), resume=True)
+    (tmp_path / "models").mkdir()
+    torch.save({}, tmp_path / "models" / "checkpoint_checkpoint_epoch=2.pt")
+    assert check_run_dir(str(tmp_path / "models"), resume=True) is True
 
 
 # ---------------------------------------------------------------- no data loss in writers
@@ -337,12 +403,36 @@ def overrides(*args: str, config: str = str(TRAIN)) -> str | None:
         (["--num_workers", "many"], "'num_workers' takes a whole number (default: set per machine), got the text"),
         (["--pin_memory", "false"], "'pin_memory' is a switch (default: set per machine); write True or False"),
         (["--compile_kwargs", "max-autotune"], "'compile_kwargs' takes a section (a dict), got the text"),
+        # well typed, but values that cannot work (scripts.overrides.VALUE_RULES)
+        (["--max_epochs", "-1"], "--max_epochs -1: 'max_epochs' takes a whole number of at least 1"),
+        (["--batch_size", "0"], "--batch_size 0: 'batch_size' takes a whole number of at least 1"),
+        (["--num_workers", "-2"], "'num_workers' takes a whole number of at least 0"),
+        (["--learning_rate", "0"], "'learning_rate' takes a number above 0"),
+        (["--cache_rate", "1.5"], "'cache_rate' takes a fraction from 0 to 1"),
+        (
+            ["--label_preset", "oaizib"],
+            "--label_preset oaizib: 'label_preset' is one of cartilage, oai-labels, oai-zib, oaizib-cm",
+        ),
+        (["--intensity_percentiles", "[99.5,0.5]"], "takes [low, high] percentiles with 0 <= low < high <= 100"),
+        (["--inplane_spacing", "0"], "'inplane_spacing' takes a spacing in mm above 0, or -1"),
     ],
 )
 def test_bad_override_is_named(args, expected):
     message = overrides(*args)
     assert message is not None and message.startswith("error: 1 command-line override(s) do not fit the config")
     assert str(TRAIN) in message and expected in message
+
+
+def test_override_values_checked_per_config():
+    """laterality exists in inference.json only; a CUDA device is refused where torch has no GPU."""
+    message = overrides("--laterality", "lft", config=str(INFERENCE))
+    assert message is not None and "--laterality lft: 'laterality' is auto, left or right" in message
+    assert overrides("--laterality", "Left", config=str(INFERENCE)) is None
+    cuda = overrides("--device", "cuda:0", config=str(INFERENCE))
+    if torch.cuda.is_available():
+        assert cuda is None
+    else:
+        assert cuda is not None and "names a CUDA device, but torch finds no usable GPU here" in cuda
 
 
 def test_all_bad_overrides_in_one_message():
@@ -435,6 +525,14 @@ def test_batch_inference_skips_bad_scans_and_exits_non_zero(scans_with_bad_ones)
     summary = result.stderr[result.stderr.rindex("error: ") :]
     assert summary.startswith("error: 2 of 4 scan(s) failed and were skipped (2 segmented")
     assert str(out / "failures.csv") in summary and "slice.nii.gz: a single 3D volume is required" in summary
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    again = bundle(*result.args[5:])  # the same command into the same folder: stopped before any scan is read
+    assert again.returncode == 1
+    assert again.stderr.strip().splitlines()[-1] == (
+        f"error: output_dir {out} already holds measurements.csv from an earlier run. Write elsewhere with "
+        "--output_dir DIR, or replace them with --overwrite True."
+    )
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
 
 
 @pytest.mark.slow
