@@ -117,8 +117,16 @@ def find_scans(folder: str | Path) -> list[Path]:
     ]
     if not scans:
         raise DatasetError(
-            f"no scans in {path}: expected files ending in {', '.join(IMAGE_SUFFIXES)} or DICOM series folders"
+            f"no scans in {path.absolute()}: expected files ending in {', '.join(IMAGE_SUFFIXES)} or DICOM series "
+            "folders"
         )
+    ignored = [
+        p.name
+        for p in path.iterdir()
+        if p.is_file() and p not in scans and not p.name.startswith(".") and p.suffix.lower() not in (".raw", ".zraw")
+    ]
+    if ignored:
+        logger.info("ignored %d file(s) in %s that are not scans (e.g. %s)", len(ignored), path, ignored[0])
     return scans
 
 

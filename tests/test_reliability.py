@@ -218,6 +218,32 @@ def test_inference_input_folder_errors_are_one_line(tmp_path):
         scan_datalist(tmp_path / "empty", exit_on_error=True)
 
 
+def test_label_map_given_as_a_scan_is_warned_about(tmp_path, preprocessing, caplog):
+    from scripts.checks import label_map_hint
+
+    label = np.zeros((10, 12, 12), np.uint8)
+    label[:5, :6, :6] = 2  # on the every-4th-voxel grid that label_map_hint samples
+    label[5:, 6:, 6:] = 4
+    assert label_map_hint(torch.as_tensor(label, dtype=torch.float32)[None]) == (
+        "holds only 3 distinct whole values (0, 2, 4): is it a label map rather than an MR scan?"
+    )
+    assert label_map_hint(torch.as_tensor(volume())[None] * 1000) is None  # an MR-like image: many values
+    path = write_nifti(tmp_path / "knee_label.nii.gz", label)
+    with caplog.at_level("WARNING"):
+        item = FailSafeDataset([{"image": str(path)}], transform=preprocessing)[0]
+    assert FAILURE_KEY not in item  # a warning, not a failure: the user decides
+    assert f"{path}: holds only 3 distinct whole values" in caplog.text
+
+
+def test_files_that_are_not_scans_are_named_in_the_log(tmp_path, caplog):
+    write_nifti(tmp_path / "knee.nii.gz", volume())
+    (tmp_path / "notes.txt").write_text("not a scan")
+    (tmp_path / "knee.img").write_bytes(b"analyze data")
+    with caplog.at_level("INFO"):
+        assert [Path(e["image"]).name for e in scan_datalist(tmp_path)] == ["knee.nii.gz"]
+    assert "ignored 2 file(s) in" in caplog.text and "that are not scans" in caplog.text
+
+
 # ---------------------------------------------------------------- failures file
 
 
