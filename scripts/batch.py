@@ -65,7 +65,7 @@ def describe_failure(exc: BaseException, source: str) -> str:
     if Path(source).name and Path(source).name in text:
         return text  # our checks (ScanError, label presets, ...) already name the file
     if isinstance(root, FileExistsError):
-        return f"{source}: {text}"  # our writers: "<output> already exists; pass overwrite=True ..."
+        return f"{source}: {text}"  # our writers: "<output> already exists; pass --overwrite True ..."
     return f"{source}: failed ({short_error(root)})"
 
 

@@ -58,6 +58,7 @@ BUNDLE_ROOT = Path(__file__).resolve().parents[1]
 if str(BUNDLE_ROOT) not in sys.path:  # configs name `scripts.*` targets; make them importable from any cwd
     sys.path.insert(0, str(BUNDLE_ROOT))
 
+from scripts.cli import as_bool  # noqa: E402
 from scripts.io_utils import atomic_path, atomic_write_text  # noqa: E402
 from scripts.precision import cpu_bf16_supported  # noqa: E402
 
@@ -1906,7 +1907,7 @@ def run(
     dev = _device(device)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     torch.set_num_threads(int(threads or cores))
-    plan = default_plan(dev, bool(quick))
+    plan = default_plan(dev, as_bool(quick, "quick"))
     for key, value in {
         "features": _as_list(features, int) or None,
         "models": _as_list(models) or None,

@@ -511,6 +511,9 @@ def build(
 
     Example: python -m scripts.datalist build /data/OAIZIB-CM datalist.json --label_preset oaizib-cm
     """
+    from scripts.cli import as_bool
+
+    validate, overwrite = as_bool(validate, "validate"), as_bool(overwrite, "overwrite")
     splits = prepare_datalist(
         dataset_dir, layout, label_preset, images_dir, num_val, num_test, seed, split_file, validate, None, True
     )
@@ -532,6 +535,9 @@ def write_split(
 
     Example: python -m scripts.datalist write_split ../shared/data/oai-labels configs/splits/oai_labels.json
     """
+    from scripts.cli import as_bool
+
+    overwrite = as_bool(overwrite, "overwrite")
     root = _require_dir(dataset_dir, "dataset_dir")
     pool = _collect(root, _detect_layout(root) if layout == "auto" else layout, None)["training"]
     splits = split_by_subject(pool, num_val, num_test, seed)

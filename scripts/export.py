@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from scripts.cli import as_bool
 from scripts.io_utils import atomic_path, check_writable_target
 
 __all__ = ["DEFAULT_OPSET", "load_network", "export_onnx", "check_onnx", "onnx"]
@@ -115,6 +116,10 @@ def onnx(
     """
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    try:
+        overwrite = as_bool(overwrite, "overwrite")  # `--overwrite false` is the text 'false': must not overwrite
+    except ValueError as err:
+        raise SystemExit(f"error: {err}") from None
     check_writable_target(output, overwrite)
     network = load_network(checkpoint, config, net_id)
     with atomic_path(output, overwrite) as tmp:

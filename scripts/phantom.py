@@ -54,6 +54,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
+from scripts.cli import as_bool
 from scripts.io_utils import atomic_path, atomic_write_text
 
 __all__ = [
@@ -1301,8 +1302,8 @@ def _check_output_dir(output_dir: Path, overwrite: bool) -> None:
         raise NotADirectoryError(f"{output_dir} exists and is not a folder")
     if output_dir.is_dir() and any(output_dir.iterdir()) and not overwrite:
         raise FileExistsError(
-            f"output folder {output_dir} is not empty; choose an empty or new folder, or pass overwrite=True "
-            "(--overwrite) to replace the phantom files in it"
+            f"output folder {output_dir} is not empty; choose an empty or new folder, or pass --overwrite True "
+            "(overwrite=True in Python) to replace the phantom files in it"
         )
 
 
@@ -1392,6 +1393,7 @@ def main(
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     try:
+        overwrite, defects = as_bool(overwrite, "overwrite"), as_bool(defects, "defects")  # `--overwrite false`: False
         path = write_phantom_dataset(output_dir, num_cases, shape, seed, num_test, format, overwrite, defects)
     except (FileExistsError, NotADirectoryError, ValueError) as err:
         raise SystemExit(f"error: {err}") from None  # a clear one-line message, not a traceback

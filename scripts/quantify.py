@@ -40,6 +40,9 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage as ndi
 
+from scripts.batch import FailureLog, describe_failure
+from scripts.checks import short_error, unreadable_reason
+from scripts.cli import as_bool
 from scripts.datalist import IMAGE_SUFFIXES, case_name
 from scripts.io_utils import atomic_path, check_writable_target
 from scripts.labels import LabelPreset, check_label_values, get_preset
@@ -48,6 +51,7 @@ __all__ = [
     "CSV_COLUMNS",
     "CartilageReportd",
     "CompartmentRow",
+    "LabelMapError",
     "LabelVolume",
     "PlateSplit",
     "ScanMeasurement",
@@ -103,6 +107,10 @@ CSV_COLUMNS: tuple[str, ...] = (
 # ----------------------------------------------------------------------------------------------------------------------
 # data containers
 # ----------------------------------------------------------------------------------------------------------------------
+class LabelMapError(ValueError):
+    """A label map file that cannot be read; the message names the full path and says why."""
+
+
 @dataclass
 class LabelVolume:
     """A label map in its own voxel grid.
@@ -509,8 +517,16 @@ def _has_scanner_geometry(affine: np.ndarray) -> bool:
 
 def load_label_map(path: str | Path) -> LabelVolume:
     """Read a label map: nibabel for NIfTI (keeps the header for the thickness map), MONAI's ITK reader for MetaImage
-    and NRRD (affine converted to RAS, array in the same index order as the affine)."""
+    and NRRD (affine converted to RAS, array in the same index order as the affine). A reader failure becomes a
+    LabelMapError that names the file and the reason (truncated gzip, missing .raw, ...), not the reader's traceback."""
     path = Path(path)
+    try:
+        return _read_label_map(path)
+    except Exception as e:  # noqa: BLE001 - any reader failure means "cannot be read", reported with its cause
+        raise LabelMapError(f"{path}: {_unreadable(path, e)}") from e
+
+
+def _read_label_map(path: Path) -> LabelVolume:
     if path.name.lower().endswith(_NIFTI_SUFFIXES):
         import nibabel as nib
 
@@ -525,6 +541,19 @@ def load_label_map(path: str | Path) -> LabelVolume:
     image = LoadImage(reader="ITKReader", image_only=True)(str(path))
     affine = np.asarray(image.affine, float)
     return LabelVolume(np.asarray(image), affine, str(path), _has_scanner_geometry(affine))
+
+
+def _unreadable(path: Path, exc: BaseException) -> str:
+    """`scripts.checks.unreadable_reason`, plus the one case it cannot see from the name: gzip data in a file whose
+    name lacks .gz (nibabel then only says it cannot work out the file type)."""
+    try:
+        with path.open("rb") as f:
+            gzipped = f.read(2) == b"\x1f\x8b"
+    except OSError:
+        gzipped = False
+    if gzipped and not path.name.lower().endswith(".gz"):
+        return f"cannot be read: it holds gzip data but its name does not end in .gz; rename it to {path.name}.gz"
+    return unreadable_reason(path, exc)
 
 
 def _present_codes(array: np.ndarray) -> np.ndarray:
@@ -627,6 +656,7 @@ def measure_label_map(
     laterality: str = "auto",
     has_geometry: bool = True,
     split_femur: bool = False,
+    source: str | None = None,
 ) -> ScanMeasurement:
     """Measure femoral and tibial cartilage (and the medial / lateral tibial plates) of one label map.
 
@@ -639,18 +669,22 @@ def measure_label_map(
         has_geometry: False if the affine is not a real scanner position (then laterality 'auto' gives 'unknown').
         split_femur: also report femoral_medial / femoral_lateral halves, split at the tibial plane (whole
             femoral cartilage including the trochlea: not the OAI's weight-bearing cMF/cLF subregions).
+        source: the file for error messages (default `scan`): a user with many maps needs the full path.
 
     Returns:
         ScanMeasurement: rows (one per compartment), the thickness map (NaN outside cartilage), compartment codes.
     """
+    source = source or scan
     labels = np.asarray(labels)
     if labels.ndim == 4 and labels.shape[0] == 1:
         labels = labels[0]
     if labels.ndim != 3:
-        raise ValueError(f"{scan}: expected a 3D label map (optionally 1 x D x H x W), got shape {labels.shape}")
+        raise ValueError(
+            f"{source}: a label map must be 3D (optionally 1 x D x H x W), got shape {labels.shape} ({labels.ndim}D)"
+        )
     full_affine = np.asarray(affine, float)
     preset = get_preset(label_preset)
-    full_classes = _remap(labels, preset, scan)
+    full_classes = _remap(labels, preset, source)
     box = _bbox(full_classes > 0, CROP_MARGIN) if full_classes.any() else tuple(slice(0, n) for n in labels.shape)
     classes, labels, affine = full_classes[box], labels[box], _crop_affine(full_affine, box)
     spacing = voxel_spacing(affine)
@@ -955,22 +989,165 @@ def measure_file(
         laterality=laterality,
         has_geometry=volume.has_geometry,
         split_femur=split_femur,
+        source=str(path),
     )
     return volume, measurement
 
 
 def _expand_inputs(labelmaps: Iterable[object]) -> list[Path]:
-    """Files as given, and the label maps inside any folder given."""
+    """Files as given, and the label maps inside any folder given. A missing path or a folder without label maps is a
+    ValueError naming it: a typo must not end as a CSV with fewer scans than the user meant."""
     paths: list[Path] = []
     for item in labelmaps:
         path = Path(str(item))
         if path.is_dir():
-            paths.extend(sorted(p for p in path.iterdir() if p.name.lower().endswith(_LABEL_SUFFIXES)))
+            found = sorted(p for p in path.iterdir() if p.name.lower().endswith(_LABEL_SUFFIXES))
+            if not found:
+                raise ValueError(f"folder {path} holds no label maps (files ending in {', '.join(_LABEL_SUFFIXES)})")
+            paths.extend(found)
         elif path.exists():
             paths.append(path)
         else:
-            raise FileNotFoundError(f"label map {path} does not exist")
+            raise ValueError(f"label map {path} does not exist")
     return paths
+
+
+def _planned_outputs(
+    output: str, names: Sequence[str], thickness_dir: str | None, png_dir: str | None
+) -> list[tuple[str, Path]]:
+    """(flag, file) of every file the run will write, so that all can be checked before hours of measuring."""
+    targets = [("--output", Path(str(output)))]  # str(): Fire hands `--output 5` over as an int
+    for name in names:
+        if thickness_dir:
+            targets.append(("--thickness_dir", Path(str(thickness_dir)) / f"{name}_thickness.nii.gz"))
+        if png_dir:
+            targets.append(("--png_dir", Path(str(png_dir)) / f"{name}_overview.png"))
+    return targets
+
+
+def _check_outputs(targets: Sequence[tuple[str, Path]], inputs: Sequence[Path], overwrite: bool) -> None:
+    """Refuse to write over an input (even with overwrite), into a folder's name, or over an existing file unless
+    `overwrite`; the message says which flag to change."""
+    own = {p.resolve() for p in inputs}
+    for flag, target in targets:
+        if target.resolve() in own:
+            raise ValueError(
+                f"{flag}: {target} is one of the input label maps, and an input is never written over (not even with "
+                "--overwrite True); choose another file or folder"
+            )
+        if target.is_dir():
+            raise ValueError(f"{flag}: {target} is an existing folder, not a file name")
+        if target.exists() and not overwrite:
+            raise ValueError(f"{flag}: {target} already exists; pass --overwrite True to replace it")
+    for flag, folder in {(f, t.parent) for f, t in targets if f != "--output"}:
+        if folder.exists() and not folder.is_dir():
+            raise ValueError(f"{flag}: {folder} is a file, not a folder")
+
+
+def _check_arguments(
+    labelmaps: Sequence[object],
+    output: str | None,
+    label_preset: str,
+    laterality: str,
+    thickness_dir: str | None,
+    png_dir: str | None,
+    overwrite: bool,
+) -> tuple[list[Path], list[str]]:
+    """Validate everything that does not need a label map read; return the input files and their output names."""
+    if output is None:
+        raise ValueError("--output is required: name the CSV to write, e.g. --output measurements.csv")
+    if not labelmaps:
+        raise ValueError("no label maps given: name label map files or folders before --output")
+    get_preset(label_preset)
+    infer_laterality(0.0, False, laterality)
+    paths = _expand_inputs(labelmaps)
+    used: set[str] = set()
+    names = [_unique_name(case_name(p), used, p.parent.name) for p in paths]
+    _check_outputs(_planned_outputs(output, names, thickness_dir, png_dir), paths, overwrite)
+    return paths, names
+
+
+@dataclass
+class _RunOptions:
+    """The CLI's per-map settings."""
+
+    label_preset: str
+    laterality: str
+    split_femur: bool
+    thickness_dir: str | None
+    png_dir: str | None
+    overwrite: bool
+
+
+def _measure_one(path: Path, name: str, opts: _RunOptions) -> list[CompartmentRow]:
+    """Measure one map and write its thickness map and PNG; returns its CSV rows."""
+    volume, measurement = measure_file(path, opts.label_preset, opts.laterality, opts.split_femur, scan=name)
+    if opts.thickness_dir:
+        target = Path(opts.thickness_dir) / f"{name}_thickness.nii.gz"
+        write_thickness_map(measurement.thickness_map, volume.affine, target, volume.nifti_header, opts.overwrite)
+    if opts.png_dir:
+        target = Path(opts.png_dir) / f"{name}_overview.png"
+        write_overview_png(target, measurement, volume.affine, None, name, opts.overwrite)
+    return measurement.rows
+
+
+def _failure_message(exc: BaseException, path: Path) -> str:
+    """Our own errors name the full path already (LabelMapError, the shape and label-code checks): keep them as they
+    are; anything else is described by `scripts.batch.describe_failure`, as in batch inference."""
+    text = " ".join(str(exc).split())
+    return text if str(path) in text else describe_failure(exc, str(path))
+
+
+def _measure_all(
+    paths: Sequence[Path], names: Sequence[str], opts: _RunOptions, failures: FailureLog
+) -> list[CompartmentRow]:
+    """Measure every map; a map that fails is logged and listed in `failures`, and the others go on."""
+    rows: list[CompartmentRow] = []
+    start = time.time()
+    for k, (path, name) in enumerate(zip(paths, names), 1):
+        t0 = time.time()
+        try:
+            scan_rows = _measure_one(path, name, opts)
+        except Exception as e:  # noqa: BLE001 - one bad map must not cost the measurements of the others
+            failures.record(str(path), _failure_message(e, path))
+            continue
+        failures.succeeded += 1
+        rows.extend(scan_rows)
+        logger.info(
+            "[%d/%d] %s: %.1f s (ETA %.0f s) %s",
+            k,
+            len(paths),
+            name,
+            time.time() - t0,
+            (time.time() - start) / k * (len(paths) - k),
+            "; ".join(f"{r.compartment} {r.thickness_mean_mm:.2f} mm" for r in scan_rows[:2]),
+        )
+    return rows
+
+
+def _write_rows(rows: Sequence[CompartmentRow], output: str, overwrite: bool) -> None:
+    """Write the CSV, if any map was measured (a run where all fail must not replace an earlier CSV with a header)."""
+    if not rows:
+        return
+    try:
+        write_csv(rows, output, overwrite)
+    except OSError as e:  # e.g. the CSV appeared during the run, or the disk is full
+        raise SystemExit(f"error: cannot write --output {output}: {short_error(e)}") from None
+
+
+def _finish(failures: FailureLog, total: int, output: str) -> None:
+    """Log success, or exit with code 1 and one line per failed map."""
+    if not failures.failures:
+        logger.info("all %d label map(s) measured; rows in %s", total, output)
+        if (earlier := failures.output_dir / failures.file_name).exists():
+            logger.warning("%s is from an earlier run (this run had no failures); it is kept as it was", earlier)
+        return
+    where = f"rows of the others in {output}" if failures.succeeded else "no CSV written"
+    listed = "\n  ".join(message for _, message in failures.failures)
+    raise SystemExit(
+        f"error: {len(failures.failures)} of {total} label map(s) failed and were skipped ({failures.succeeded} "
+        f"measured, {where}); the failures are listed in {failures.path}:\n  {listed}"
+    )
 
 
 def main(
@@ -990,9 +1167,13 @@ def main(
     fragmented, touches_border, ml_split_uncertain, no_thickness, laterality_unknown, laterality_conflict,
     ml_labels_disagree). See docs/measurements.md for the method and its validation.
 
+    Bad arguments stop the run before any map is read (`error: ...`, exit code 1). A map that cannot be measured
+    (unreadable, not 3D, NaN or codes outside the preset) is logged and listed in `<output stem>_failures.csv` beside
+    the CSV; the other maps are measured and written, and the run ends with exit code 1 and one line per failure.
+
     Args:
         labelmaps: label map files (.nii, .nii.gz, .mhd, .mha, .nrrd) or folders of them.
-        output: the CSV to write (required); an existing file is kept unless --overwrite.
+        output: the CSV to write (required); an existing file is kept unless --overwrite True; never an input file.
         label_preset: codes of the maps: cartilage (0/1/2, the bundle's predictions), oai-zib, oaizib-cm (medial and
             lateral tibial codes used directly), oai-labels (the 0-9 OAI AKOA maps).
         laterality: auto (from the affine: RAS x of the cartilage centre > +20 mm = right knee, < -20 mm = left),
@@ -1000,43 +1181,24 @@ def main(
         thickness_dir: if set, write <scan>_thickness.nii.gz there (same shape and affine as the label map).
         png_dir: if set, write <scan>_overview.png there (sagittal slices with overlays, thickness distribution).
         split_femur: also report femoral_medial / femoral_lateral (split at the tibial plane; includes the trochlea).
-        overwrite: replace existing outputs.
+        overwrite: replace existing outputs (True/False; a lowercase false is read as False, not as a true text).
 
     Returns:
         The path of the CSV written.
     """
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    if output is None:
-        raise ValueError("--output CSV is required")
-    paths = _expand_inputs(labelmaps)
-    if not paths:
-        raise ValueError("no label maps given")
-    check_writable_target(output, overwrite)
-    rows: list[CompartmentRow] = []
-    used: set[str] = set()
-    start = time.time()
-    for k, path in enumerate(paths, 1):
-        t0 = time.time()
-        name = _unique_name(case_name(path), used, path.parent.name)
-        volume, measurement = measure_file(path, label_preset, laterality, split_femur, scan=name)
-        if thickness_dir:
-            target = Path(thickness_dir) / f"{name}_thickness.nii.gz"
-            write_thickness_map(measurement.thickness_map, volume.affine, target, volume.nifti_header, overwrite)
-        if png_dir:
-            target = Path(png_dir) / f"{name}_overview.png"
-            write_overview_png(target, measurement, volume.affine, None, name, overwrite)
-        rows.extend(measurement.rows)
-        elapsed = time.time() - start
-        logger.info(
-            "[%d/%d] %s: %.1f s (ETA %.0f s) %s",
-            k,
-            len(paths),
-            name,
-            time.time() - t0,
-            elapsed / k * (len(paths) - k),
-            "; ".join(f"{r.compartment} {r.thickness_mean_mm:.2f} mm" for r in measurement.rows[:2]),
-        )
-    write_csv(rows, output, overwrite)
+    try:
+        split_femur, overwrite = as_bool(split_femur, "split_femur"), as_bool(overwrite, "overwrite")
+        paths, names = _check_arguments(labelmaps, output, label_preset, laterality, thickness_dir, png_dir, overwrite)
+    except ValueError as err:
+        raise SystemExit(f"error: {err}") from None  # one paragraph, not a traceback
+    folders = (str(thickness_dir) if thickness_dir else None, str(png_dir) if png_dir else None)
+    opts = _RunOptions(label_preset, laterality, split_femur, *folders, overwrite)
+    target = Path(str(output))
+    failures = FailureLog(str(target.parent), f"{target.stem}_failures.csv", overwrite)
+    rows = _measure_all(paths, names, opts, failures)
+    _write_rows(rows, str(output), overwrite)
+    _finish(failures, len(paths), str(output))
     return str(output)
 
 
@@ -1118,6 +1280,7 @@ class CartilageReportd(_MapTransform):
             label_preset=self.label_preset,
             laterality=self.laterality,
             has_geometry=_has_scanner_geometry(affine),
+            source=source or name,
         )
         if self.write_thickness:
             target = self.output_dir / f"{name}_thickness.nii.gz"

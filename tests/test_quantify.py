@@ -5,6 +5,11 @@ from __future__ import annotations
 
 import csv
 import math
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
 
 import fire
 import nibabel as nib
@@ -27,6 +32,7 @@ from scripts.quantify import (
 )
 
 SPACINGS = [(0.7, 0.3646, 0.3646), (1.5, 0.3125, 0.3125)]
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -322,7 +328,7 @@ def test_cli_end_to_end_and_overwrite_refusal(tmp_path):
     assert len(table) == 8
     assert {r["laterality"] for r in table} == {"right", "left"}
     assert (tmp_path / "png" / "a_overview.png").stat().st_size > 1000
-    with pytest.raises(FileExistsError):
+    with pytest.raises(SystemExit, match="already exists; pass --overwrite True"):
         main(str(a), output=str(out))
     main(str(a), output=str(out), overwrite=True)
     assert len(list(csv.DictReader(out.open()))) == 4
@@ -375,6 +381,147 @@ def test_cartilage_reportd_writes_outputs(tmp_path):
     assert len(list(csv.DictReader((tmp_path / "out" / "measurements.csv").open()))) == 8
     with pytest.raises(FileExistsError):  # a new run does not clobber the previous run's CSV
         CartilageReportd(keys="pred", output_dir=str(tmp_path / "out"), write_png=False)({"pred": pred2})
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# the command line on bad input: one `error: ...` paragraph naming the file, never a traceback or a lost file
+# ---------------------------------------------------------------------------------------------------------------------
+def _tiny_labels() -> np.ndarray:
+    """8 x 32 x 32 map in the bundle's classes: a femoral and a tibial slab, 4 voxels thick."""
+    labels = np.zeros((8, 32, 32), np.uint8)
+    labels[1:7, 4:28, 20:24] = 1
+    labels[1:7, 4:28, 10:14] = 2
+    return labels
+
+
+def _tiny_map(path, labels=None, dtype=np.uint8):
+    affine = _affine((1.5, 0.5, 0.5), origin=(60.0, -10.0, -10.0))
+    nib.save(nib.Nifti1Image(np.asarray(_tiny_labels() if labels is None else labels, dtype), affine), str(path))
+    return path
+
+
+def _bad_map(tmp_path, kind):
+    """A label map that cannot be measured, and the words the failure must contain."""
+    good = _tiny_map(tmp_path / "spare.nii.gz").read_bytes()
+    labels = _tiny_labels().astype(np.float32)
+    if kind == "truncated":
+        (tmp_path / "bad.nii.gz").write_bytes(good[: len(good) // 2])
+        return tmp_path / "bad.nii.gz", "the file is truncated"
+    if kind == "gzip_named_nii":
+        (tmp_path / "bad.nii").write_bytes(good)
+        return tmp_path / "bad.nii", "gzip data but its name does not end in .gz"
+    if kind == "mhd_without_raw":
+        itk = pytest.importorskip("itk")
+        itk.imwrite(itk.image_from_array(np.ascontiguousarray(_tiny_labels())), str(tmp_path / "bad.mhd"))
+        (tmp_path / "bad.raw").unlink()
+        return tmp_path / "bad.mhd", "its data file bad.raw"
+    if kind == "2d":
+        return _tiny_map(tmp_path / "bad.nii.gz", _tiny_labels()[4]), r"must be 3D .* \(2D\)"
+    if kind == "4d":
+        return _tiny_map(tmp_path / "bad.nii.gz", np.stack([_tiny_labels()] * 2, -1)), r"must be 3D .* \(4D\)"
+    if kind == "nan":
+        labels[0, 0, 0] = np.nan
+        return _tiny_map(tmp_path / "bad.nii.gz", labels, np.float32), "contains NaN"
+    labels[0, 0, 0] = 7  # "outside_preset"
+    return _tiny_map(tmp_path / "bad.nii.gz", labels), r"holds values \[7\] that label_preset 'cartilage'"
+
+
+def _rows(path):
+    return list(csv.DictReader(path.open()))
+
+
+@pytest.mark.parametrize(
+    "kind", ["truncated", "gzip_named_nii", "mhd_without_raw", "2d", "4d", "nan", "outside_preset"]
+)
+def test_cli_bad_map_is_named_by_full_path_and_the_good_ones_are_measured(tmp_path, kind):
+    good = _tiny_map(tmp_path / "good.nii.gz")
+    bad, why = _bad_map(tmp_path, kind)
+    out = tmp_path / "out" / "m.csv"
+    with pytest.raises(SystemExit) as err:
+        fire.Fire(main, command=[str(good), str(bad), "--output", str(out)])
+    message = str(err.value.code)
+    assert message.startswith("error: 1 of 2 label map(s) failed and were skipped (1 measured")
+    assert re.search(rf"\n  (label map )?{re.escape(str(bad))}:? .*{why}", message), message
+    assert {r["scan"] for r in _rows(out)} == {"good"} and len(_rows(out)) == 4  # the good map's rows are written
+    failures = _rows(tmp_path / "out" / "m_failures.csv")
+    assert [f["scan"] for f in failures] == [str(bad)] and re.search(why, failures[0]["error"])
+
+
+def test_cli_all_maps_bad_writes_no_csv(tmp_path):
+    bad, _ = _bad_map(tmp_path, "truncated")
+    with pytest.raises(SystemExit, match=r"1 of 1 label map\(s\) failed .*\(0 measured, no CSV written\)"):
+        main(str(bad), output=str(tmp_path / "m.csv"))
+    assert not (tmp_path / "m.csv").exists() and (tmp_path / "m_failures.csv").is_file()
+
+
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        (["{good}"], "^error: --output is required"),
+        (["--output", "{out}"], "^error: no label maps given"),
+        (["{empty}", "--output", "{out}"], "^error: folder .*empty holds no label maps"),
+        (["{good}", "--output", "{out}", "--label_preset", "nope"], "^error: unknown label_preset 'nope'; choose one"),
+        (["{good}", "--output", "{out}", "--laterality", "up"], "^error: laterality must be 'auto', 'left' or 'right'"),
+        (["{tmp}/absent.nii.gz", "--output", "{out}"], "^error: label map .*absent.nii.gz does not exist$"),
+        (["{good}", "--output", "{out}", "--overwrite", "maybe"], "^error: --overwrite maybe: 'overwrite' is a switch"),
+        (["{good}", "--output", "{out}", "--split_femur", "2"], "^error: --split_femur 2: 'split_femur' is a switch"),
+        (["{good}", "--output", "{tmp}"], "^error: --output: .* is an existing folder, not a file name"),
+    ],
+)
+def test_cli_argument_errors_are_one_paragraph(tmp_path, argv, expected):
+    (tmp_path / "empty").mkdir()
+    names = {"good": _tiny_map(tmp_path / "good.nii.gz"), "out": tmp_path / "m.csv", "empty": tmp_path / "empty"}
+    with pytest.raises(SystemExit) as err:
+        fire.Fire(main, command=[a.format(tmp=tmp_path, **names) for a in argv])
+    assert re.search(expected, str(err.value.code)), err.value.code
+    assert "\n" not in str(err.value.code) and not (tmp_path / "m.csv").exists()
+
+
+def test_cli_never_writes_over_an_input(tmp_path):
+    good = _tiny_map(tmp_path / "a.nii.gz")
+    before = good.read_bytes()
+    with pytest.raises(SystemExit, match="is one of the input label maps, .*not even with --overwrite True"):
+        fire.Fire(main, command=[str(good), "--output", str(good), "--overwrite", "True"])
+    # a thickness map named like another input (a -> a_thickness.nii.gz) is refused too, before anything is measured
+    other = _tiny_map(tmp_path / "a_thickness.nii.gz")
+    with pytest.raises(SystemExit, match=r"^error: --thickness_dir: .*a_thickness.nii.gz is one of the input"):
+        main(str(good), str(other), output=str(tmp_path / "m.csv"), thickness_dir=str(tmp_path), overwrite=True)
+    assert good.read_bytes() == before and not (tmp_path / "m.csv").exists()
+
+
+@pytest.mark.parametrize("flag", ["false", "False", "no", "0"])
+def test_cli_lowercase_false_keeps_an_existing_csv(tmp_path, flag):
+    good = _tiny_map(tmp_path / "a.nii.gz")
+    out = tmp_path / "m.csv"
+    out.write_text("earlier results\n")
+    with pytest.raises(SystemExit, match=r"^error: --output: .*m.csv already exists; pass --overwrite True to"):
+        fire.Fire(main, command=[str(good), "--output", str(out), "--overwrite", flag])
+    assert out.read_text() == "earlier results\n"
+
+
+def test_cli_true_spellings_overwrite_and_split_femur(tmp_path):
+    good = _tiny_map(tmp_path / "a.nii.gz")
+    out = tmp_path / "m.csv"
+    out.write_text("earlier results\n")
+    fire.Fire(main, command=[str(good), "--output", str(out), "--overwrite", "true", "--split_femur", "yes"])
+    assert [r["compartment"] for r in _rows(out)][-2:] == ["femoral_medial", "femoral_lateral"]
+
+
+def test_cli_subprocess_exit_code_and_no_traceback(tmp_path):
+    good = _tiny_map(tmp_path / "good.nii.gz")
+    bad, _ = _bad_map(tmp_path, "truncated")
+    out = tmp_path / "m.csv"
+    cmd = [sys.executable, "-m", "scripts.quantify", str(good), str(bad), "--output", str(out)]
+    result = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, env=_env())
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    assert f"skipped a scan: {bad}: cannot be read: the gzip data ends early" in result.stderr  # the log line
+    assert "error: 1 of 2 label map(s) failed and were skipped (1 measured" in result.stderr  # the summary
+    assert len(_rows(out)) == 4
+
+
+def _env():
+    return {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
 
 
 # ---------------------------------------------------------------------------------------------------------------------

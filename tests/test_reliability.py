@@ -336,7 +336,7 @@ def test_writer_refuses_existing_output_and_input(tmp_path):
     SaveLabelMapd("pred", str(out))({"pred": _label_map(scan)})
     written = out / "knee_seg.nii.gz"
     before = written.read_bytes()
-    with pytest.raises(FileExistsError, match=r"knee_seg.nii.gz already exists; pass overwrite=True"):
+    with pytest.raises(FileExistsError, match=r"knee_seg.nii.gz already exists; pass --overwrite True"):
         SaveLabelMapd("pred", str(out))({"pred": _label_map(scan)})
     assert written.read_bytes() == before and sorted(p.name for p in out.iterdir()) == ["knee_seg.nii.gz"]
     SaveLabelMapd("pred", str(out), overwrite=True)({"pred": _label_map(scan)})
