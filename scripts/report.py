@@ -47,19 +47,32 @@ def _names(names: str | Sequence[str] | None, runs: Sequence[str]) -> list[str]:
 
 
 def read_scalars(log_dir: str | Path) -> dict[str, list[tuple[int, float]]]:
-    """All scalar series (tag -> [(step, value)]) of the TensorBoard event files under `log_dir`."""
+    """All scalar series (tag -> [(step, value)]) of the TensorBoard event files under `log_dir`.
+
+    A resumed training writes a new event file that repeats the steps its interrupted predecessor logged after the
+    last saved checkpoint; for a step logged twice the value of the later file (by its write time) is kept, so the
+    curve is the one the finished model went through."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    series: dict[str, list[tuple[int, float]]] = {}
-    files = sorted(Path(log_dir).rglob("events.out.tfevents.*"))
+    series: dict[str, dict[int, float]] = {}
+    files = sorted(Path(log_dir).rglob("events.out.tfevents.*"), key=_event_file_time)
     if not files:
         raise FileNotFoundError(f"no TensorBoard event files under {log_dir}")
     for f in files:
         acc = EventAccumulator(str(f), size_guidance={"scalars": 0})
         acc.Reload()
         for tag in acc.Tags()["scalars"]:
-            series.setdefault(tag, []).extend((e.step, e.value) for e in acc.Scalars(tag))
-    return {tag: sorted(values) for tag, values in series.items()}
+            series.setdefault(tag, {}).update((e.step, e.value) for e in acc.Scalars(tag))
+    return {tag: sorted(values.items()) for tag, values in series.items()}
+
+
+def _event_file_time(path: Path) -> tuple[float, str]:
+    """Write time of an event file from its name (`events.out.tfevents.<unix time>.<host>...`), then the name."""
+    parts = path.name.split(".")
+    try:
+        return float(parts[3]), path.name
+    except (IndexError, ValueError):
+        return float("inf"), path.name
 
 
 def _per_epoch(values: list[tuple[int, float]], iterations_per_epoch: int) -> tuple[np.ndarray, np.ndarray]:

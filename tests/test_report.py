@@ -139,6 +139,26 @@ def test_read_scalars_and_curves_from_tensorboard_logs(tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_read_scalars_of_a_resumed_run_keeps_the_later_values(tmp_path):
+    """An interrupted run logged steps 1-5; the resumed run restarts after the last checkpoint (step 3) and logs 4-6:
+    steps 4-5 once each, with the resumed run's values."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    logs = tmp_path / "logs"
+    for offset, steps, value in ((0, range(1, 6), 1.0), (10, range(4, 7), 2.0)):
+        writer = SummaryWriter(log_dir=str(logs), filename_suffix=f".part{offset}")
+        for step in steps:
+            writer.add_scalar("train_loss", value, step)
+        writer.close()
+    files = sorted(logs.glob("events.out.tfevents.*"))
+    assert len(files) == 2
+    early, late = sorted(files, key=report._event_file_time)
+    stamp = early.name.split(".")[3]
+    early.rename(logs / early.name.replace(stamp, str(int(stamp) - 100), 1))  # its write time: 100 s before
+    scalars = report.read_scalars(logs)
+    assert scalars["train_loss"] == [(1, 1.0), (2, 1.0), (3, 1.0), (4, 2.0), (5, 2.0), (6, 2.0)]
+
+
 def test_read_scalars_without_logs_names_the_folder(tmp_path):
     with pytest.raises(FileNotFoundError, match=str(tmp_path)):
         report.read_scalars(tmp_path)

@@ -12,7 +12,8 @@
 # for every run, comma-separated (e.g. configs/optim_adamw.json for a short budget); TRAIN_TIMEOUT: a wall-clock
 # limit in seconds per training (it is stopped there and evaluated with its best validated checkpoint so far);
 # EVAL_TIMEOUT: the same for each evaluation; NETS: the models to run (default: all four); STAGE: train, evaluate or
-# all (default).
+# all (default); RESUME=1: continue interrupted trainings from their last saved state (--resume True; train.log is
+# appended to, not replaced).
 set -euo pipefail
 labels=$1
 out=$2
@@ -23,6 +24,8 @@ workers=${WORKERS:-4}
 CONFIGS=${CONFIGS:-}
 read -r -a nets <<< "${NETS:-eas_unet unet unetplusplus attention_unet}"
 common=(--dataset_dir "$labels" --split_file "${SPLIT:-configs/splits/oai_labels.json}" --seed "$seed" --num_workers "$workers" ${EXTRA:-})
+resume=()
+[ "${RESUME:-0}" = 1 ] && resume=(--resume True)
 
 configs() {  # the config-file list of one model; $2 = the workflow override (train: none, evaluate: evaluate.json)
     local list="'configs/train.json','configs/train_from_labels.json'"
@@ -38,10 +41,11 @@ mkdir -p "$out"
 for net in "${nets[@]}"; do
     [ "$stage" = evaluate ] && break
     mkdir -p "$out/$net"
+    [ "${RESUME:-0}" = 1 ] || : > "$out/$net/train.log"  # a fresh training starts a fresh log
     ${TRAIN_TIMEOUT:+timeout --signal=TERM "$TRAIN_TIMEOUT"} \
     python -m monai.bundle run --config_file "$(configs "$net")" "${common[@]}" --max_epochs "$epochs" \
         --slices_per_epoch "$slices" --val_interval "${VAL:-4}" --ckpt_dir "$out/$net/models" --output_dir "$out/$net" \
-        > "$out/$net/train.log" 2>&1 &
+        "${resume[@]}" >> "$out/$net/train.log" 2>&1 &
 done
 wait || true  # a training stopped by TRAIN_TIMEOUT still has its best checkpoint; evaluation says if it has none
 for net in "${nets[@]}"; do
