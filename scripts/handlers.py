@@ -394,3 +394,24 @@ class TrainingStateSaver(CheckpointSaver):
         if "validator" in self.save_dict:
             track_best_metric(self.save_dict["validator"])
         super().attach(engine)
+        if self._interval_checkpoint is not None and self.epoch_level:  # after the saver's own handler (added first)
+            from ignite.engine import Events
+
+            engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.save_interval), self._remove_older_states)
+
+    def _remove_older_states(self, engine) -> None:
+        """Keep `n_saved` for a resumed run too: ignite only rotates the files its own process wrote, so the state a
+        run was resumed from (tens of MB) would stay beside the newer one for good. Removed only once a newer state
+        of this run is on disk."""
+        saver = self._interval_checkpoint
+        prefix, keep = saver.filename_prefix, max(1, saver.n_saved or 1)
+        pattern = re.compile(rf"^{re.escape(prefix)}.*?=(\d+)\.pt$")
+        found = sorted(
+            (int(m.group(1)), p) for p in Path(self.save_dir).glob(f"{prefix}*.pt") if (m := pattern.match(p.name))
+        )
+        if not found or found[-1][0] != engine.state.epoch:
+            return
+        for epoch, path in found[:-keep]:
+            if epoch < engine.state.epoch:
+                path.unlink(missing_ok=True)
+                logger.info("removed %s: a newer training state is saved", path.name)

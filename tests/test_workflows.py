@@ -109,7 +109,8 @@ def test_resume_with_more_epochs_stretches_the_lr_schedule(phantoms, trained, tm
     assert "schedule is stretched to 4 epochs and training continues after epoch 3 at learning rate 0.00287" in (
         result.stdout + result.stderr
     )
-    before, after = checkpoint(tmp_path, 3), checkpoint(tmp_path, 4)
+    assert not (tmp_path / "models" / "checkpoint_checkpoint_epoch=3.pt").exists()  # replaced by epoch 4's state
+    before, after = checkpoint(trained, 3), checkpoint(tmp_path, 4)
     assert after["lr_scheduler"]["total_iters"] == 4 and after["lr_scheduler"]["last_epoch"] == 4
     conv = "stem.ds_0.pointwise.conv.weight"
     assert not torch.equal(before["model"][conv], after["model"][conv])  # epoch 4 learned something
@@ -160,6 +161,8 @@ def test_killed_training_resumes_to_the_same_weights(phantoms, trained, tmp_path
     refused = train(phantoms, tmp_path, check=False)  # a fresh run must not silently replace the killed one
     assert refused.returncode != 0 and "--resume True" in refused.stderr + refused.stdout
     train(phantoms, tmp_path, "--resume", "true")
+    states = sorted(p.name for p in (tmp_path / "models").glob("checkpoint*.pt"))
+    assert states == ["checkpoint_checkpoint_epoch=3.pt"]  # the state it resumed from is not left behind
     assert_same_weights(checkpoint(trained, 3)["model"], checkpoint(tmp_path, 3)["model"])
     assert_same_weights(state(trained / "models" / "model.pt"), state(tmp_path / "models" / "model.pt"))
     assert checkpoint(tmp_path, 3)["validator"]["best_metric"] == checkpoint(trained, 3)["validator"]["best_metric"]
