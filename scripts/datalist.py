@@ -466,6 +466,8 @@ def prepare_datalist(
         root = Path(dataset_dir).expanduser()
         if phantoms is not None:
             _generate_phantoms_once(root, phantoms)
+        if root.is_file():
+            raise DatasetError(f"dataset_dir {root} is a file; point dataset_dir at the folder of the dataset")
         if _is_empty_dir(root):
             raise DatasetError(
                 f"dataset_dir {root} {'is empty' if root.exists() else 'does not exist'}; point dataset_dir at "

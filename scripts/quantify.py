@@ -1009,7 +1009,13 @@ def _expand_inputs(labelmaps: Iterable[object]) -> list[Path]:
             paths.append(path)
         else:
             raise ValueError(f"label map {path} does not exist")
-    return paths
+    unique = list(dict.fromkeys(paths, None))  # a file named twice (a folder and one of its files) is measured once
+    seen: dict[Path, Path] = {}
+    for path in unique:
+        seen.setdefault(path.resolve(), path)
+    if len(seen) < len(paths):
+        logger.warning("%d label map(s) were given more than once; each is measured once", len(paths) - len(seen))
+    return list(seen.values())
 
 
 def _planned_outputs(

@@ -249,3 +249,9 @@ def test_singular_affine_is_named(tmp_path):
     nib.save(nib.Nifti1Image(np.random.rand(6, 8, 8).astype(np.float32), None, header), str(path))
     with pytest.raises(DatasetError, match=r"flat.nii.gz: its voxel-to-world matrix \(affine\) is singular"):
         validate_entries([{"image": str(path)}])
+
+
+def test_a_file_as_dataset_dir_is_named(tmp_path):
+    path = write_nifti(tmp_path / "knee.nii.gz", np.random.rand(6, 8, 8).astype(np.float32))
+    with pytest.raises(DatasetError, match=r"^dataset_dir .*knee.nii.gz is a file; point dataset_dir at the folder"):
+        prepare_datalist(str(path), phantoms=None)

@@ -332,6 +332,9 @@ def test_cli_end_to_end_and_overwrite_refusal(tmp_path):
         main(str(a), output=str(out))
     main(str(a), output=str(out), overwrite=True)
     assert len(list(csv.DictReader(out.open()))) == 4
+    # a file named twice (on its own and through its folder's other spelling) is measured once
+    main(str(a), str(tmp_path / "." / "a.nii.gz"), output=str(out), overwrite=True)
+    assert [r["scan"] for r in csv.DictReader(out.open())] == ["a"] * 4
 
 
 def test_thickness_map_has_input_geometry(tmp_path):
