@@ -175,6 +175,14 @@ def _detached_data_problem(path: Path) -> str | None:
     return None
 
 
+def _starts_with(path: Path, magic: bytes) -> bool:
+    try:
+        with path.open("rb") as f:
+            return f.read(len(magic)) == magic
+    except OSError:
+        return False
+
+
 def unreadable_reason(path: str | Path, exc: BaseException | None = None) -> str:
     """Why `path` could not be read, in words a user can act on; `exc` is the reader's exception, if any."""
     p = Path(path)
@@ -186,6 +194,8 @@ def unreadable_reason(path: str | Path, exc: BaseException | None = None) -> str
         return f"cannot be read: {problem}"
     if p.is_file() and p.stat().st_size == 0:
         return "cannot be read: the file is empty"
+    if p.is_file() and not p.name.lower().endswith(".gz") and _starts_with(p, b"\x1f\x8b"):
+        return f"cannot be read: it holds gzip data but its name does not end in .gz; rename it to {p.name}.gz"
     return f"cannot be read ({short_error(exc)})" if exc is not None else "cannot be read"
 
 

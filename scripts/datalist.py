@@ -110,21 +110,15 @@ def find_scans(folder: str | Path) -> list[Path]:
     path = _require_dir(folder, "scan folder")
     if _is_dicom_dir(path):
         return [path]
-    scans = [
-        p
-        for p in sorted(path.iterdir())
-        if (p.is_file() and _strip_image_suffix(p.name) is not None and not p.name.startswith(".")) or _is_dicom_dir(p)
-    ]
+    files = [p for p in sorted(path.iterdir()) if not p.name.startswith(".")]
+    scans = [p for p in files if (p.is_file() and _strip_image_suffix(p.name) is not None) or _is_dicom_dir(p)]
     if not scans:
         raise DatasetError(
             f"no scans in {path.absolute()}: expected files ending in {', '.join(IMAGE_SUFFIXES)} or DICOM series "
             "folders"
         )
-    ignored = [
-        p.name
-        for p in path.iterdir()
-        if p.is_file() and p not in scans and not p.name.startswith(".") and p.suffix.lower() not in (".raw", ".zraw")
-    ]
+    detached_data = (".raw", ".zraw")  # the data files of .mhd/.nhdr headers, read with their header
+    ignored = [p.name for p in files if p.is_file() and p not in scans and p.suffix.lower() not in detached_data]
     if ignored:
         logger.info("ignored %d file(s) in %s that are not scans (e.g. %s)", len(ignored), path, ignored[0])
     return scans
@@ -144,21 +138,20 @@ def scan_datalist(path: str | Path, exit_on_error: bool = False) -> list[dict[st
             if _strip_image_suffix(target.name) is None and not _is_dicom_file(target):
                 raise DatasetError(f"{target} is not a NIfTI, MetaImage, NRRD or DICOM file")
             return [{"image": str(target)}]
-        return [{"image": str(p)} for p in _without_own_outputs(find_scans(target))]
+        return [{"image": str(p)} for p in _without_own_outputs(find_scans(target), target)]
     except DatasetError as e:
         if exit_on_error:
             raise SystemExit(f"dataset error: {e}") from None
         raise
 
 
-def _without_own_outputs(scans: list[Path]) -> list[Path]:
+def _without_own_outputs(scans: list[Path], folder: Path) -> list[Path]:
     """Drop `X_seg` / `X_thickness` files that sit beside a scan `X` (this bundle's outputs of an earlier run into
     the scan folder, which would otherwise be segmented as knees), and refuse two scans that would write the same
     outputs (`knee.nii` and `knee.nii.gz`, `knee_0000.nii.gz` and `knee.nii.gz`)."""
-    names = {case_name(p) for p in scans}
-    own = [
-        p for p in scans if any(case_name(p).endswith(x) and case_name(p)[: -len(x)] in names for x in OUTPUT_POSTFIXES)
-    ]
+    names = {p: case_name(p) for p in scans}
+    cases = set(names.values())
+    own = [p for p, n in names.items() if any(n.endswith(x) and n[: -len(x)] in cases for x in OUTPUT_POSTFIXES)]
     if own:
         logger.warning(
             "skipped %d file(s) that look like this bundle's outputs for scans in the same folder (e.g. %s)",
@@ -166,7 +159,7 @@ def _without_own_outputs(scans: list[Path]) -> list[Path]:
             own[0].name,
         )
     kept = [p for p in scans if p not in own]
-    _index_by_case(kept, kept[0].parent if kept else Path("."), "their outputs would overwrite each other; rename one")
+    _index_by_case(kept, folder, "their outputs would overwrite each other; rename one")
     return kept
 
 

@@ -21,6 +21,7 @@ from scripts.io_utils import atomic_path
 
 __all__ = [
     "ProgressLogger",
+    "saved_states",
     "EpochSeeder",
     "NoLossScalingInBFloat16",
     "OutputAsList",
@@ -293,11 +294,16 @@ def check_run_dir(ckpt_dir: str, resume: bool = False, overwrite: bool = False) 
     return True
 
 
+def saved_states(folder: str | Path, prefix: str = "checkpoint") -> list[tuple[int, Path]]:
+    """(epoch, file) of the states CheckpointSaver(file_prefix=prefix) wrote in `folder`, oldest first."""
+    pattern = re.compile(rf"{re.escape(prefix)}.*?=(\d+)\.pt$")
+    return sorted((int(m.group(1)), p) for p in Path(folder).glob(f"{prefix}*.pt") if (m := pattern.search(p.name)))
+
+
 def latest_checkpoint(folder: str | Path, prefix: str = "checkpoint") -> Path | None:
     """The checkpoint with the highest epoch number written by CheckpointSaver(file_prefix=prefix), or None."""
-    pattern = re.compile(rf"{re.escape(prefix)}.*?=(\d+)\.pt$")
-    found = [(int(m.group(1)), p) for p in Path(folder).glob(f"{prefix}*.pt") if (m := pattern.search(p.name))]
-    return max(found)[1] if found else None
+    found = saved_states(folder, prefix)
+    return found[-1][1] if found else None
 
 
 class ResumeFromLatest:
@@ -404,14 +410,9 @@ class TrainingStateSaver(CheckpointSaver):
         run was resumed from (tens of MB) would stay beside the newer one for good. Removed only once a newer state
         of this run is on disk."""
         saver = self._interval_checkpoint
-        prefix, keep = saver.filename_prefix, max(1, saver.n_saved or 1)
-        pattern = re.compile(rf"^{re.escape(prefix)}.*?=(\d+)\.pt$")
-        found = sorted(
-            (int(m.group(1)), p) for p in Path(self.save_dir).glob(f"{prefix}*.pt") if (m := pattern.match(p.name))
-        )
+        found = saved_states(self.save_dir, saver.filename_prefix)
         if not found or found[-1][0] != engine.state.epoch:
             return
-        for epoch, path in found[:-keep]:
-            if epoch < engine.state.epoch:
-                path.unlink(missing_ok=True)
-                logger.info("removed %s: a newer training state is saved", path.name)
+        for _, path in found[: -max(1, saver.n_saved or 1)]:
+            path.unlink(missing_ok=True)
+            logger.info("removed %s: a newer training state is saved", path.name)

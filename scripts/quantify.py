@@ -523,7 +523,7 @@ def load_label_map(path: str | Path) -> LabelVolume:
     try:
         return _read_label_map(path)
     except Exception as e:  # noqa: BLE001 - any reader failure means "cannot be read", reported with its cause
-        raise LabelMapError(f"{path}: {_unreadable(path, e)}") from e
+        raise LabelMapError(f"{path}: {unreadable_reason(path, e)}") from e
 
 
 def _read_label_map(path: Path) -> LabelVolume:
@@ -541,19 +541,6 @@ def _read_label_map(path: Path) -> LabelVolume:
     image = LoadImage(reader="ITKReader", image_only=True)(str(path))
     affine = np.asarray(image.affine, float)
     return LabelVolume(np.asarray(image), affine, str(path), _has_scanner_geometry(affine))
-
-
-def _unreadable(path: Path, exc: BaseException) -> str:
-    """`scripts.checks.unreadable_reason`, plus the one case it cannot see from the name: gzip data in a file whose
-    name lacks .gz (nibabel then only says it cannot work out the file type)."""
-    try:
-        with path.open("rb") as f:
-            gzipped = f.read(2) == b"\x1f\x8b"
-    except OSError:
-        gzipped = False
-    if gzipped and not path.name.lower().endswith(".gz"):
-        return f"cannot be read: it holds gzip data but its name does not end in .gz; rename it to {path.name}.gz"
-    return unreadable_reason(path, exc)
 
 
 def _present_codes(array: np.ndarray) -> np.ndarray:
@@ -1009,9 +996,8 @@ def _expand_inputs(labelmaps: Iterable[object]) -> list[Path]:
             paths.append(path)
         else:
             raise ValueError(f"label map {path} does not exist")
-    unique = list(dict.fromkeys(paths, None))  # a file named twice (a folder and one of its files) is measured once
-    seen: dict[Path, Path] = {}
-    for path in unique:
+    seen: dict[Path, Path] = {}  # a file named twice (on its own and inside a folder given) is measured once
+    for path in paths:
         seen.setdefault(path.resolve(), path)
     if len(seen) < len(paths):
         logger.warning("%d label map(s) were given more than once; each is measured once", len(paths) - len(seen))

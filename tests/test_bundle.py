@@ -278,12 +278,12 @@ def test_monailabel_server_reads_labels_in_the_bundle_classes(app_dir, preset, m
     assert parser.get_parsed_content("active_label_preset") == preset
     assert parser.get_parsed_content("label_transforms")[0].preset.name == preset
     # check_run_dir, here over a models/ folder that holds a model.pt
-    step = next(i for i, e in enumerate(parser["initialize"]) if "check_run_dir" in str(e))
+    step = next(i for i, e in enumerate(parser["prepare_run"]) if "check_run_dir" in str(e))
     if app_dir:
-        assert parser.get_parsed_content(f"initialize#{step}") is True
+        assert parser.get_parsed_content(f"prepare_run#{step}") is True
     else:
         with pytest.raises(SystemExit, match="already holds model.pt"):
-            parser.get_parsed_content(f"initialize#{step}")
+            parser.get_parsed_content(f"prepare_run#{step}")
 
 
 def test_label_preset_override_still_applies_outside_monailabel(monkeypatch):

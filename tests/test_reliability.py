@@ -5,7 +5,6 @@ before it starts. Each case is one small file (volumes of a few thousand voxels)
 from __future__ import annotations
 
 import csv
-import json
 import locale
 import os
 import subprocess
@@ -124,6 +123,14 @@ def _with(value: float) -> Callable[[Path], Path]:
     return write
 
 
+def _gzip_named_nii(path: Path) -> Path:
+    """A compressed NIfTI whose name lost its .gz (nibabel alone says it cannot work out the file type)."""
+    write_nifti(path, volume())
+    target = path.with_name("scan.nii")
+    path.rename(target)
+    return target
+
+
 def _zero_spacing(path: Path) -> Path:
     """A header whose third voxel axis has zero length (pixdim 0), as damaged conversions write."""
     header = nib.Nifti1Header()
@@ -152,6 +159,7 @@ BAD_SCANS = {
     "inf": (_with(np.inf), "scan.nii.gz: contains NaN or infinite intensities"),
     "constant": (lambda p: write_nifti(p, np.full((10, 12, 12), 7, np.int16)), "every voxel has the same value (7"),
     "dicom_mixed_series": (_mixed_dicom, "series_mixed: this DICOM folder holds 2 series"),
+    "gzip_named_nii": (_gzip_named_nii, "scan.nii: cannot be read: it holds gzip data but its name does not end in"),
     "singular_affine": (_zero_spacing, "scan.nii.gz: its voxel-to-world matrix (affine) is singular (voxel spacing"),
 }
 
@@ -636,8 +644,11 @@ def test_compile_without_triton_or_cxx_is_named_before_the_run(monkeypatch):
         require_compiler(True, "cpu")
 
 
-@pytest.mark.parametrize("config", ["train.json", "inference.json", "multi_gpu_train.json"])
-def test_every_compiling_workflow_checks_the_compiler(config):
-    steps = json.loads((REPO / "configs" / config).read_text())["initialize"]
+@pytest.mark.parametrize("configs", [["train.json"], ["inference.json"], ["train.json", "multi_gpu_train.json"]])
+def test_every_compiling_workflow_checks_the_compiler(configs):
+    """Once, in `initialize`: directly, or through train.json's `prepare_run` list that multi_gpu_train.json reuses."""
+    parser = ConfigParser()
+    parser.read_config([str(REPO / "configs" / c) for c in configs])
+    steps = [t for s in parser["initialize"] for t in (parser["prepare_run"] if s == "@prepare_run" else [s])]
     checks = [s for s in steps if isinstance(s, dict) and s.get("_target_") == "scripts.checks.require_compiler"]
     assert checks == [{"_target_": "scripts.checks.require_compiler", "enabled": "@compile", "device": "@device"}]
