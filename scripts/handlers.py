@@ -28,6 +28,7 @@ __all__ = [
     "BestModelSaver",
     "ResumeFromLatest",
     "TrainingStateSaver",
+    "StopAtEpochBoundary",
     "latest_checkpoint",
     "check_run_dir",
     "monailabel_server",
@@ -416,3 +417,85 @@ class TrainingStateSaver(CheckpointSaver):
         for _, path in found[: -max(1, saver.n_saved or 1)]:
             path.unlink(missing_ok=True)
             logger.info("removed %s: a newer training state is saved", path.name)
+
+
+class StopAtEpochBoundary:
+    """Stop a training cleanly at the end of an epoch, after its state is saved, so that `--resume True` continues it
+    on the same learning-rate schedule: after epoch `stop_after_epoch` of `max_epochs`, or before an epoch that would
+    run past `time_limit` seconds from this process's start (a cluster job's wall-clock limit, a lent machine's).
+
+    Why: a job killed by its time limit loses the epoch it was in and may die while a checkpoint is being written;
+    lowering `max_epochs` instead would change the polynomial schedule and so the weights. Attach it after the
+    validation and state-saving handlers (handlers of one event run in the order they were added). The next epoch's
+    length is estimated as the longest epoch since the second of this process (the first may include compilation),
+    validation included. Under torch.distributed every rank takes rank 0's decision, so no rank waits for the others
+    in a collective they never reach.
+
+    Args:
+        stop_after_epoch: stop after this epoch (0: never); no effect once it is >= max_epochs.
+        time_limit: seconds of this process's training (0: no limit).
+    """
+
+    def __init__(self, stop_after_epoch: int = 0, time_limit: float = 0) -> None:
+        if stop_after_epoch < 0 or time_limit < 0:
+            raise ValueError(
+                f"stop_after_epoch ({stop_after_epoch}) and time_limit ({time_limit}) must be >= 0 (0 turns it off)"
+            )
+        self.stop_after_epoch, self.time_limit = int(stop_after_epoch), float(time_limit)
+        self._start = self._last = 0.0
+        self._epoch_seconds: list[float] = []
+
+    def attach(self, engine) -> None:
+        if not self.stop_after_epoch and not self.time_limit:
+            return
+        from ignite.engine import Events
+
+        engine.add_event_handler(Events.STARTED, self._started)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self)
+
+    def _started(self, engine) -> None:
+        self._start = self._last = time.monotonic()
+        self._epoch_seconds = []
+
+    def reason_to_stop(self, epoch: int, max_epochs: int, now: float) -> str:
+        """Why training should stop after `epoch` ('' to go on); `now` is time.monotonic()."""
+        self._epoch_seconds.append(now - self._last)
+        self._last = now
+        if epoch >= max_epochs:
+            return ""
+        if self.stop_after_epoch and epoch >= self.stop_after_epoch:
+            return f"stop_after_epoch is {self.stop_after_epoch}"
+        if self.time_limit:
+            elapsed = now - self._start
+            next_epoch = max(self._epoch_seconds[1:] or self._epoch_seconds)
+            if elapsed + next_epoch > self.time_limit:
+                return (
+                    f"time_limit is {self.time_limit:.0f} s: {elapsed:.0f} s have passed and an epoch takes up to "
+                    f"{next_epoch:.0f} s"
+                )
+        return ""
+
+    def __call__(self, engine) -> None:
+        epoch, max_epochs = engine.state.epoch, engine.state.max_epochs or engine.state.epoch
+        reason = self.reason_to_stop(epoch, max_epochs, time.monotonic())
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            reason = _rank_zero_choice(reason)
+        if reason:
+            logger.warning(
+                "stopping after epoch %d of %d (%s); the state of epoch %d is saved: run the same command with "
+                "--resume True to continue the same schedule",
+                epoch,
+                max_epochs,
+                reason,
+                epoch,
+            )
+            engine.terminate()
+
+
+def _rank_zero_choice(reason: str) -> str:
+    """Rank 0's `reason` on every rank (a one-element broadcast on the backend's device)."""
+    dist = torch.distributed
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
+    choice = [reason]
+    dist.broadcast_object_list(choice, src=0, device=device)
+    return str(choice[0])

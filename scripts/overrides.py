@@ -77,6 +77,8 @@ def _device(value: Any) -> str | None:
 # with this sentence instead of an exception from deep inside ignite, a transform or a division by zero
 VALUE_RULES: dict[str, Callable[[Any], str | None]] = {
     "max_epochs": _at_least(1),
+    "stop_after_epoch": _at_least(0),
+    "time_limit": _at_least(0, "a number of seconds"),
     "batch_size": _at_least(1),
     "slices_per_epoch": _at_least(1),
     "slices_per_volume": _at_least(1),

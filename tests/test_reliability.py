@@ -449,6 +449,9 @@ def overrides(*args: str, config: str = str(TRAIN)) -> str | None:
         ),
         (["--intensity_percentiles", "[99.5,0.5]"], "takes [low, high] percentiles with 0 <= low < high <= 100"),
         (["--inplane_spacing", "0"], "'inplane_spacing' takes a spacing in mm above 0, or -1"),
+        (["--stop_after_epoch", "-1"], "'stop_after_epoch' takes a whole number of at least 0"),
+        (["--time_limit", "-60"], "--time_limit -60: 'time_limit' takes a number of seconds of at least 0"),
+        (["--time_limit", "2h"], "'time_limit' takes a number (default 0.0), got the text '2h'"),
     ],
 )
 def test_bad_override_is_named(args, expected):

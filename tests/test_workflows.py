@@ -168,6 +168,16 @@ def test_killed_training_resumes_to_the_same_weights(phantoms, trained, tmp_path
     assert checkpoint(tmp_path, 3)["validator"]["best_metric"] == checkpoint(trained, 3)["validator"]["best_metric"]
 
 
+def test_training_stopped_at_an_epoch_resumes_to_the_same_weights(phantoms, trained, tmp_path):
+    """--stop_after_epoch 2 of 3 ends cleanly (exit 0) with epoch 2's state; resuming it gives the weights of the
+    uninterrupted run, because the schedule is the 3-epoch one throughout (a --max_epochs 2 run would not)."""
+    stopped = train(phantoms, tmp_path, "--stop_after_epoch", "2")
+    assert "stopping after epoch 2 of 3 (stop_after_epoch is 2)" in stopped.stdout + stopped.stderr
+    assert sorted(p.name for p in (tmp_path / "models").glob("checkpoint*.pt")) == ["checkpoint_checkpoint_epoch=2.pt"]
+    train(phantoms, tmp_path, "--resume", "true")
+    assert_same_weights(checkpoint(trained, 3)["model"], checkpoint(tmp_path, 3)["model"])
+
+
 def test_evaluate_writes_both_protocols(phantoms, trained):
     bundle(
         "--dataset_dir", str(phantoms), "--ckpt_dir", str(trained / "models"), "--output_dir", str(trained / "eval"),
