@@ -20,9 +20,10 @@ from typing import Any
 
 import numpy as np
 
+from scripts.datalist import subject_id
 from scripts.io_utils import atomic_path, atomic_write_text
 
-__all__ = ["read_scalars", "curves", "table", "seeds", "dump_slices", "overlays", "PAPER_TABLE1"]
+__all__ = ["read_scalars", "curves", "table", "seeds", "sign_flip_p", "dump_slices", "overlays", "PAPER_TABLE1"]
 
 #: The seed paper's Table 1 (test set; %, HD in mm).
 PAPER_TABLE1: dict[tuple[str, str], tuple[float, float, float, float]] = {
@@ -182,6 +183,26 @@ def _per_case_dice(run_dir: Path, summary: str) -> dict[tuple[str, str], float]:
         return {(row["case"], row["class"]): float(row["dice"]) for row in csv.DictReader(f)}
 
 
+def sign_flip_p(differences: Sequence[float], draws: int = 100_000, seed: int = 0) -> float:
+    """Two-sided p of a paired sign-flip permutation test of "mean difference 0": the share of the 2^n sign patterns
+    whose |mean| reaches the observed one (exact up to n = 16, else `draws` random patterns).
+
+    Why this test: it assumes only differences symmetric about 0 under the null, no normality, and with n
+    independent units its smallest possible p is 2 / 2^n, which states plainly what a test set of n subjects can
+    and cannot show (4 subjects: never below 0.125).
+    """
+    d = np.asarray(differences, dtype=float)
+    if d.size == 0:
+        raise ValueError("no paired differences to test")
+    n = d.size
+    if n <= 16:
+        signs = 1 - 2 * ((np.arange(2**n)[:, None] >> np.arange(n)) & 1)
+    else:
+        signs = np.random.default_rng(seed).choice([-1, 1], size=(draws, n))
+    flipped = np.abs(signs @ d) / n
+    return float(np.mean(flipped >= abs(d.mean()) - 1e-12 * max(1.0, abs(d.mean()))))
+
+
 def seeds(
     *seed_dirs: str,
     models: str = "eas_unet,unet,unetplusplus,attention_unet",
@@ -192,7 +213,9 @@ def seeds(
     output: str | None = None,
 ) -> str:
     """Markdown: each model's test scores per seed, their mean and range, and the reference model paired per test
-    volume against every other model over all seeds (how often it is lower, by how much on average).
+    volume against every other model over all seeds (how often it is lower, by how much on average), and per
+    subject, the independent unit (visits and seeds of one subject averaged), with a sign-flip test's p
+    (`sign_flip_p`): volumes of one subject and seeds on one test set are not independent samples.
 
     Args:
         seed_dirs: one folder per seed (a `real_anatomy.sh` OUT_DIR), each with one sub-folder per model.
@@ -232,24 +255,30 @@ def seeds(
     rows += [
         "",
         f"| structure | {ref} against | volumes where {ref} is lower | mean difference/points |"
-        f" per seed ({per_seed}) |",
-        "|---|---|---|---|---|",
+        f" per seed ({per_seed}) | subjects where {ref} is lower | p (sign-flip over subjects; smallest possible) |",
+        "|---|---|---|---|---|---|---|",
     ]
     for structure in STRUCTURES:
         for m in keys:
             if m == reference:
                 continue
             diffs_by_seed = []
+            by_subject: dict[str, list[float]] = {}
             for s in seed_labels:
                 ours, theirs = cases[(s, reference)], cases[(s, m)]
                 shared = sorted(k for k in ours if k[1] == structure and k in theirs)
                 if not shared:
                     raise ValueError(f"seed {s}: {reference} and {m} share no test volume for {structure}")
                 diffs_by_seed.append([100 * (ours[k] - theirs[k]) for k in shared])
+                for k in shared:
+                    by_subject.setdefault(subject_id(k[0]), []).append(100 * (ours[k] - theirs[k]))
             flat = [d for ds in diffs_by_seed for d in ds]
+            subjects = [float(np.mean(v)) for v in by_subject.values()]
+            p, smallest = sign_flip_p(subjects), min(1.0, 2 / 2 ** len(subjects))
             rows.append(
                 f"| {structure} | {labels[m]} | {sum(d < 0 for d in flat)} of {len(flat)} | {np.mean(flat):+.2f} |"
                 f" {' / '.join(f'{np.mean(ds):+.2f}' for ds in diffs_by_seed)} |"
+                f" {sum(d < 0 for d in subjects)} of {len(subjects)} | {p:.3f} ({smallest:.3f}) |"
             )
     text = "\n".join(rows) + "\n"
     if output:

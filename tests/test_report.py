@@ -106,8 +106,43 @@ def test_seeds_means_ranges_and_paired_differences(tmp_path):
     femoral = [c.strip() for c in paired.split("|")]
     # differences in points: -10, +10 (seed a), -2, -6 (seed b): 3 of 4 lower, mean -2, per seed 0 / -4
     assert femoral[3:6] == ["3 of 4", "-2.00", "+0.00 / -4.00"]
+    # per subject (each case its own here): c1 (-10 - 2) / 2 = -6, c2 (10 - 6) / 2 = +2; all four sign patterns
+    # of (6, 2) reach |mean| 2: p = 1; with 2 subjects no p can be below 2 / 2^2 = 0.5
+    assert femoral[6:8] == ["1 of 2", "1.000 (0.500)"]
     tibial = next(r for r in lines if r.startswith("| tibial cartilage | U-Net |") and " of 4 " in r)
-    assert "| 0 of 4 | +5.00 | +5.00 / +5.00 |" in tibial
+    assert "| 0 of 4 | +5.00 | +5.00 / +5.00 | 0 of 2 | 0.500 (0.500) |" in tibial
+
+
+def test_seeds_pairs_the_visits_of_one_subject_as_one_unit(tmp_path):
+    """Two OAI subjects with two visits each: 4 volumes, but 2 independent subjects for the test."""
+    volumes = {"9014797_00m.nii.gz": (0.9, 0.9), "9014797_72m.nii.gz": (0.8, 0.9), "9135902_00m.nii.gz": (0.7, 0.9)}
+    volumes["9135902_96m.nii.gz"] = (0.6, 0.9)
+    _seed_run(tmp_path / "a", "eas", 0.8, volumes)
+    _seed_run(tmp_path / "a", "unet", 0.8, {k: (f + 0.02, t) for k, (f, t) in volumes.items()})
+    text = report.seeds(str(tmp_path / "a"), models="eas,unet", names="EAS U-Net,U-Net", reference="eas")
+    femoral = next(r for r in text.splitlines() if r.startswith("| femoral cartilage | U-Net | 4 of 4"))
+    assert "| 2 of 2 | 0.500 (0.500) |" in femoral
+
+
+@pytest.mark.parametrize(
+    "differences, p",
+    [
+        ([1.0, 1.0, 1.0, 1.0], 2 / 16),  # only all-plus and all-minus reach |mean| 1
+        ([2.0, 1.0, 1.0], 2 / 8),  # sums +-2 +-1 +-1: only 4 and -4 reach |4|
+        ([3.0, -1.0], 1.0),  # every pattern has |mean| >= 1
+        ([0.0, 0.0, 0.0], 1.0),
+        ([-0.5], 1.0),
+    ],
+)
+def test_sign_flip_p_against_hand_counts(differences, p):
+    assert report.sign_flip_p(differences) == pytest.approx(p)
+
+
+def test_sign_flip_p_many_units_and_no_units():
+    assert report.sign_flip_p([1.0] * 20) < 1e-3  # 20 units: sampled patterns, the exact p is 2 / 2^20
+    assert report.sign_flip_p([1.0, -1.0] * 10) == 1.0
+    with pytest.raises(ValueError, match="no paired differences"):
+        report.sign_flip_p([])
 
 
 def test_seeds_errors_name_the_problem(tmp_path):
