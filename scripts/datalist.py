@@ -33,6 +33,8 @@ __all__ = [
     "IMAGE_SUFFIXES",
     "case_name",
     "subject_id",
+    "cross_validation_folds",
+    "fold_path",
     "find_scans",
     "scan_datalist",
     "find_pairs",
@@ -259,6 +261,36 @@ def split_by_subject(
         "training": set(subjects[n_test + n_val :]),
     }
     return {split: [dict(e) for e in entries if e["subject"] in groups[split]] for split in SPLITS}
+
+
+def cross_validation_folds(
+    entries: Sequence[Mapping[str, str]], folds: int, num_val: int = 4, seed: int = 0
+) -> list[dict[str, list[dict[str, str]]]]:
+    """`folds` subject-disjoint splits in which every subject is a test subject exactly once (k-fold cross-validation).
+
+    Why: a test set of a few subjects cannot tell models 1-2 Dice points apart; scoring every subject once, each by
+    a model that never saw it, can. The seeded shuffle of `split_by_subject` is cut into `folds` test groups (sizes
+    differ by at most one); fold i validates on `num_val` subjects taken from the groups after group i, and trains
+    on the rest.
+    """
+    subjects = sorted({e["subject"] for e in entries})
+    if folds < 2 or folds > len(subjects):
+        raise DatasetError(f"folds must be from 2 to the number of subjects ({len(subjects)}), got {folds}")
+    random.Random(seed).shuffle(subjects)
+    groups = [subjects[i::folds] for i in range(folds)]
+    out = []
+    for i in range(folds):
+        others = [s for g in groups[i + 1 :] + groups[:i] for s in g]
+        if num_val >= len(others):
+            raise DatasetError(
+                f"fold {i}: {len(others)} non-test subjects cannot give {num_val} validation subjects and keep any "
+                "for training; lower num_val or folds"
+            )
+        owner = {s: "test" for s in groups[i]}
+        owner.update({s: "validation" for s in others[:num_val]})
+        owner.update({s: "training" for s in others[num_val:]})
+        out.append({split: [dict(e) for e in entries if owner[e["subject"]] == split] for split in SPLITS})
+    return out
 
 
 def _apply_split_file(entries: Sequence[Mapping[str, str]], split_file: Path) -> dict[str, list[dict[str, str]]]:
@@ -525,19 +557,49 @@ def write_split(
     seed: int = 0,
     layout: str = "auto",
     overwrite: bool = False,
-) -> str:
+    folds: int = 0,
+) -> str | list[str]:
     """Write the SUBJECT IDS (no paths, no data) of a seeded split of DATASET_DIR to OUTPUT, for committing.
 
-    Example: python -m scripts.datalist write_split ../shared/data/oai-labels configs/splits/oai_labels.json
+    With --folds K, write K cross-validation splits instead (`cross_validation_folds`: every subject is a test
+    subject once; --num_test is then unused): OUTPUT with `_fold0` ... `_fold{K-1}` before its suffix, or with
+    `{fold}` in OUTPUT replaced by the fold number. Train and evaluate once per file (--split_file).
+
+    Examples:
+        python -m scripts.datalist write_split LABELS_DIR configs/splits/oai_labels.json
+        python -m scripts.datalist write_split LABELS_DIR configs/splits/oai_labels_cv6.json --folds 6
     """
     from scripts.cli import as_bool
 
     overwrite = as_bool(overwrite, "overwrite")
     root = _require_dir(dataset_dir, "dataset_dir")
     pool = _collect(root, _detect_layout(root) if layout == "auto" else layout, None)["training"]
-    splits = split_by_subject(pool, num_val, num_test, seed)
-    spec = {s: sorted({e["subject"] for e in splits[s]}) for s in SPLITS}
-    spec["seed"] = seed  # type: ignore[assignment]
+    if not folds:
+        return _write_split_file(output, split_by_subject(pool, num_val, num_test, seed), seed, overwrite)
+    splits = cross_validation_folds(pool, int(folds), int(num_val), seed)
+    outputs = [fold_path(output, i) for i in range(len(splits))]
+    existing = [p for p in outputs if Path(p).exists()]
+    if existing and not overwrite:  # all or nothing: never half a set of folds from two seeds
+        raise FileExistsError(f"{existing[0]} already exists; pass --overwrite True to replace the {folds} fold files")
+    for i, (path, split) in enumerate(zip(outputs, splits)):
+        _write_split_file(path, split, seed, True, {"fold": i, "folds": len(splits)})
+    return outputs
+
+
+def fold_path(output: str, fold: int) -> str:
+    """OUTPUT with `{fold}` replaced, or with `_fold<i>` before its suffix (`cv.json` -> `cv_fold0.json`)."""
+    if "{fold}" in output:
+        return output.replace("{fold}", str(fold))
+    path = Path(output)
+    return str(path.with_name(f"{path.stem}_fold{fold}{path.suffix}"))
+
+
+def _write_split_file(
+    output: str, splits: Mapping[str, Sequence[Mapping[str, str]]], seed: int, overwrite: bool, extra=None
+) -> str:
+    spec: dict[str, Any] = {s: sorted({e["subject"] for e in splits[s]}) for s in SPLITS}
+    spec["seed"] = seed
+    spec.update(extra or {})
     atomic_write_text(output, json.dumps(spec, indent=2) + "\n", overwrite=overwrite)
     print(f"wrote {output}: " + ", ".join(f"{len(spec[s])} {s} subjects" for s in SPLITS))
     return output

@@ -13,12 +13,15 @@ import pytest
 from scripts.datalist import (
     DatasetError,
     case_name,
+    cross_validation_folds,
     find_pairs,
+    fold_path,
     prepare_datalist,
     scan_datalist,
     split_by_subject,
     subject_id,
     validate_entries,
+    write_split,
 )
 
 SPACING = np.diag([0.7, 0.5, 0.5, 1.0])
@@ -96,6 +99,62 @@ def test_split_needs_training_subjects():
     entries = [{"subject": str(n)} for n in range(3)]
     with pytest.raises(DatasetError, match="cannot give 2 validation and 1 test"):
         split_by_subject(entries, 2, 1)
+
+
+def test_cross_validation_tests_every_subject_once():
+    entries = [{"subject": f"9{n:06d}", "case": f"9{n:06d}_{v}"} for n in range(24) for v in ("00m", "48m")]
+    folds = cross_validation_folds(entries, folds=6, num_val=4, seed=0)
+    assert len(folds) == 6
+    tested = [e["subject"] for fold in folds for e in fold["test"] if e["case"].endswith("00m")]
+    assert sorted(tested) == sorted({e["subject"] for e in entries})  # each subject tested exactly once
+    for fold in folds:
+        subjects = {k: {e["subject"] for e in v} for k, v in fold.items()}
+        assert [len(subjects[k]) for k in ("training", "validation", "test")] == [16, 4, 4]
+        assert not (subjects["training"] & subjects["validation"]) | (subjects["training"] & subjects["test"])
+        assert not subjects["validation"] & subjects["test"]
+        assert sum(len(v) for v in fold.values()) == 48  # both visits of every subject, in one split
+    assert folds == cross_validation_folds(entries, 6, 4, seed=0)
+    assert folds != cross_validation_folds(entries, 6, 4, seed=1)
+
+
+def test_cross_validation_uneven_folds_and_bad_settings():
+    entries = [{"subject": str(n)} for n in range(7)]
+    sizes = sorted(len(f["test"]) for f in cross_validation_folds(entries, folds=3, num_val=1))
+    assert sizes == [2, 2, 3]
+    with pytest.raises(DatasetError, match=r"folds must be from 2 to the number of subjects \(7\), got 8"):
+        cross_validation_folds(entries, folds=8)
+    with pytest.raises(DatasetError, match="folds must be from 2"):
+        cross_validation_folds(entries, folds=1)
+    with pytest.raises(DatasetError, match="fold 0: 4 non-test subjects cannot give 4 validation subjects"):
+        cross_validation_folds(entries, folds=3, num_val=4)
+
+
+def test_fold_paths():
+    assert fold_path("configs/splits/cv.json", 2) == str(Path("configs/splits/cv_fold2.json"))
+    assert fold_path("splits/{fold}/split.json", 0) == "splits/0/split.json"
+
+
+def test_write_split_folds_round_trip(tmp_path):
+    root = tmp_path / "labels"
+    for subject in range(4):
+        for visit in ("00m", "24m"):
+            write_nifti(root / f"900000{subject}_{visit}.nii.gz", label_volume())
+    out = tmp_path / "cv.json"
+    written = write_split(str(root), str(out), num_val=1, folds=4)
+    assert written == [str(tmp_path / f"cv_fold{i}.json") for i in range(4)]
+    specs = [json.loads(Path(p).read_text()) for p in written]
+    assert sorted(s for spec in specs for s in spec["test"]) == [f"900000{i}" for i in range(4)]
+    assert [(spec["fold"], spec["folds"], spec["seed"]) for spec in specs] == [(i, 4, 0) for i in range(4)]
+    splits = prepare_datalist(str(root), layout="labels", split_file=written[1])
+    assert {e["subject"] for e in splits["test"]} == set(specs[1]["test"])
+    assert len(splits["test"]) == 2 and len(splits["validation"]) == 2 and len(splits["training"]) == 4
+    Path(written[3]).unlink()
+    before = Path(written[0]).read_text()
+    with pytest.raises(FileExistsError, match="cv_fold0.json already exists; pass --overwrite True"):
+        write_split(str(root), str(out), num_val=1, folds=4, seed=5)
+    assert Path(written[0]).read_text() == before and not Path(written[3]).exists()  # nothing half-written
+    write_split(str(root), str(out), num_val=1, folds=4, seed=5, overwrite=True)
+    assert json.loads(Path(written[3]).read_text())["seed"] == 5
 
 
 def test_split_file_assigns_subjects(tmp_path):
@@ -255,3 +314,18 @@ def test_a_file_as_dataset_dir_is_named(tmp_path):
     path = write_nifti(tmp_path / "knee.nii.gz", np.random.rand(6, 8, 8).astype(np.float32))
     with pytest.raises(DatasetError, match=r"^dataset_dir .*knee.nii.gz is a file; point dataset_dir at the folder"):
         prepare_datalist(str(path), phantoms=None)
+
+
+def test_committed_splits_cover_the_oai_label_maps(oai_label_files):
+    """configs/splits: the benchmark's split and the six cross-validation folds assign every subject of the 48 real
+    OAI label maps, both visits together, and the folds test each of the 24 subjects exactly once."""
+    subjects = {subject_id(p.name) for p in oai_label_files}
+    splits_dir = Path(__file__).resolve().parents[1] / "configs" / "splits"
+    fixed = json.loads((splits_dir / "oai_labels.json").read_text())
+    assert sorted(s for k in ("training", "validation", "test") for s in fixed[k]) == sorted(subjects)
+    tested = []
+    for fold in range(6):
+        spec = json.loads((splits_dir / f"oai_labels_cv6_fold{fold}.json").read_text())
+        assert sorted(s for k in ("training", "validation", "test") for s in spec[k]) == sorted(subjects)
+        tested += spec["test"]
+    assert sorted(tested) == sorted(subjects)

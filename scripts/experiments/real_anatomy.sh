@@ -7,10 +7,11 @@
 #
 # LABELS_DIR holds the 48 OAI label maps (<id>_<visit>.nii.gz); the subject split is configs/splits/oai_labels.json.
 # WORKERS (default 4) data-loader workers per model; the four models train concurrently on one GPU. SPLIT: another
-# subject split file; VAL: validation interval in epochs (default 4; make it divide EPOCHS so the last epoch is
-# validated); EXTRA: more overrides for every run (e.g. tiny settings for a smoke test); CONFIGS: more config files
-# for every run, comma-separated (e.g. configs/optim_adamw.json for a short budget); TRAIN_TIMEOUT: a wall-clock
-# limit in seconds per training (it is stopped there and evaluated with its best validated checkpoint so far;
+# subject split file (e.g. configs/splits/oai_labels_cv6_fold3.json, one of six cross-validation folds); VAL:
+# validation interval in epochs (default 4; make it divide EPOCHS so the last epoch is validated); EXTRA: more
+# overrides for every run (e.g. tiny settings for a smoke test); CONFIGS: more config files for every run,
+# comma-separated (e.g. configs/optim_adamw.json for a short budget); TRAIN_TIMEOUT: a wall-clock limit in seconds
+# per training (it is stopped there and evaluated with its best validated checkpoint so far;
 # EXTRA="--time_limit SECONDS" instead ends a training cleanly after the last epoch that fits, its state saved);
 # EVAL_TIMEOUT: the same for each evaluation; NETS: the models to run (default: all four); STAGE: train, evaluate or
 # all (default); RESUME=1: continue interrupted trainings from their last saved state (--resume True; train.log is
