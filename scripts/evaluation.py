@@ -39,6 +39,7 @@ __all__ = [
     "slice_rows",
     "summarise",
     "format_table",
+    "expected_dice_agreement",
     "SegmentationReport",
 ]
 
@@ -203,6 +204,37 @@ def _csv_text(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> str:
     return buf.getvalue()
 
 
+def expected_dice_agreement(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Per class, how the expected Dice of the volume rows follows their measured Dice: Spearman's rank correlation
+    (ties averaged) and the mean difference, over the cases that hold the class (at least 3)."""
+    lines = []
+    for cls in sorted({r["class"] for r in rows if r["protocol"] == "volume" and "expected_dice" in r}):
+        pairs = [
+            (r["dice"], r["expected_dice"])
+            for r in rows
+            if r["protocol"] == "volume" and r["class"] == cls and r["gt_voxels"] > 0
+            and math.isfinite(r.get("expected_dice", math.nan)) and math.isfinite(r["dice"])
+        ]  # fmt: skip
+        if len(pairs) < 3:
+            continue
+        dice, expected = np.array(pairs).T
+        rho = _spearman(dice, expected)
+        lines.append(
+            f"{cls}: expected Dice against measured Dice over {len(pairs)} cases: Spearman {rho:.3f}, mean "
+            f"expected - measured {np.mean(expected - dice):+.4f}"
+        )
+    return lines
+
+
+def _spearman(a: np.ndarray, b: np.ndarray) -> float:
+    from scipy.stats import rankdata
+
+    ra, rb = rankdata(a), rankdata(b)
+    if ra.std() == 0 or rb.std() == 0:
+        return math.nan
+    return float(np.corrcoef(ra, rb)[0, 1])
+
+
 class SegmentationReport:
     """Ignite handler for an evaluator: scores every case in both protocols and, when the run completes, writes
     `metrics_volume.csv` (case x class), `metrics_paper.csv` (slice x class), `summary.json` and `summary.md`
@@ -213,6 +245,9 @@ class SegmentationReport:
         model_name: name printed in the table.
         pred_key, label_key: one-hot `(C, *spatial)` MetaTensors in each decollated output item.
         paper_protocol: also score per sagittal slice (the paper's 2D protocol).
+        expected_dice_key: key of `scripts.confidence.ExpectedDiced`'s scores in an output item: written beside
+            each case's measured Dice in `metrics_volume.csv`, with their rank correlation over the cases logged, so
+            users can see on their own labelled scans how far the expected Dice of unlabelled scans can be trusted.
     """
 
     def __init__(
@@ -222,8 +257,10 @@ class SegmentationReport:
         pred_key: str = "pred",
         label_key: str = "label",
         paper_protocol: bool = True,
+        expected_dice_key: str | None = "expected_dice",
     ) -> None:
         self.output_dir = Path(output_dir)
+        self.expected_dice_key = expected_dice_key
         self.model_name = model_name
         self.pred_key, self.label_key = pred_key, label_key
         self.paper_protocol = paper_protocol
@@ -243,7 +280,11 @@ class SegmentationReport:
         if affine is None:
             raise ValueError("the prediction carries no affine: run the evaluator with MetaTensors (LoadImaged)")
         name = Path(str(pred.meta.get("filename_or_obj", f"case_{len(self.rows)}"))).name
-        self.rows += volume_rows(name, pred, truth, affine)
+        rows = volume_rows(name, pred, truth, affine)
+        scores = item.get(self.expected_dice_key) if self.expected_dice_key else None
+        for row in rows if isinstance(scores, Mapping) else ():
+            row["expected_dice"] = float(scores.get(row["class"].split()[0], math.nan))  # "femoral cartilage"
+        self.rows += rows
         if self.paper_protocol:
             self.rows += slice_rows(name, pred, truth, affine)
 
@@ -266,7 +307,11 @@ class SegmentationReport:
             rows = [r for r in self.rows if r["protocol"] == protocol]
             if rows:
                 cols = [c for c in columns if c != "slice"] if protocol == "volume" else columns
+                if protocol == "volume" and any("expected_dice" in r for r in rows):
+                    cols.append("expected_dice")
                 atomic_write_text(self.output_dir / filename, _csv_text(rows, cols))
+        for line in expected_dice_agreement(self.rows):
+            logger.info(line)
         table = format_table(summary, self.model_name)
         atomic_write_text(self.output_dir / "summary.json", json.dumps(summary, indent=2, default=float))
         atomic_write_text(

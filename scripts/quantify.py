@@ -101,6 +101,7 @@ CSV_COLUMNS: tuple[str, ...] = (
     "voxel_size_mm",
     "ml_split",
     "flags",
+    "expected_dice",
 )
 
 
@@ -181,6 +182,7 @@ class CompartmentRow:
     voxel_size_mm: str
     ml_split: str
     flags: str
+    expected_dice: str = ""  # of the prediction this row measures (scripts.confidence); empty for a given label map
 
 
 @dataclass
@@ -1221,6 +1223,8 @@ class CartilageReportd(_MapTransform):
         csv_name: file name of the CSV in `output_dir`.
         overwrite: replace outputs that exist before this run (a rerun into the same folder otherwise stops).
         rows_key: key under which the scan's CSV rows (dicts) are added.
+        expected_dice_key: key of `scripts.confidence.ExpectedDiced`'s per-class scores, written into each row of
+            that class's compartments (`femoral*`, `tibial*`); the column stays empty where the key is absent.
         allow_missing_keys: don't raise if `keys` is absent.
     """
 
@@ -1236,9 +1240,11 @@ class CartilageReportd(_MapTransform):
         csv_name: str = "measurements.csv",
         overwrite: bool = False,
         rows_key: str = "measurements",
+        expected_dice_key: str | None = "expected_dice",
         allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
+        self.expected_dice_key = expected_dice_key
         self.output_dir = Path(output_dir)
         self.image_key = image_key
         self.label_preset = get_preset(label_preset).name
@@ -1255,11 +1261,12 @@ class CartilageReportd(_MapTransform):
     def __call__(self, data: Mapping[Hashable, object]) -> dict[Hashable, object]:
         d = dict(data)
         for key in self.key_iterator(d):
-            rows = self._report(d[key], d.get(self.image_key) if self.image_key else None)
+            scores = d.get(self.expected_dice_key) if self.expected_dice_key else None
+            rows = self._report(d[key], d.get(self.image_key) if self.image_key else None, scores)
             d[self.rows_key] = [asdict(r) for r in rows]
         return d
 
-    def _report(self, pred: object, image: object) -> list[CompartmentRow]:
+    def _report(self, pred: object, image: object, scores: Mapping[str, float] | None = None) -> list[CompartmentRow]:
         """Measure one prediction and write its outputs."""
         labels, affine, source = _label_array_of(pred)
         if not self.rows:
@@ -1274,6 +1281,10 @@ class CartilageReportd(_MapTransform):
             has_geometry=_has_scanner_geometry(affine),
             source=source or name,
         )
+        for row in measurement.rows if scores else ():
+            cls = row.compartment.split("_")[0]  # femoral_medial -> femoral, tibial_plate_A -> tibial
+            if cls in scores:
+                row.expected_dice = f"{float(scores[cls]):.4f}"
         if self.write_thickness:
             target = self.output_dir / f"{name}_thickness.nii.gz"
             write_thickness_map(measurement.thickness_map, affine, target, overwrite=self.overwrite)

@@ -191,8 +191,11 @@ def test_evaluate_writes_both_protocols(phantoms, trained):
     volume = [e for e in summary if e["protocol"] == "volume"]
     assert all(e["n"] == 2 for e in volume)  # the two test phantoms
     assert "| volume | femoral cartilage | EAS U-Net |" in (out / "summary.md").read_text()
-    header = (out / "metrics_volume.csv").read_text().splitlines()[0]
-    assert header == "case,protocol,class,dice,precision,recall,hd,hd95,assd,gt_voxels,pred_voxels,flags"
+    lines = (out / "metrics_volume.csv").read_text().splitlines()
+    assert lines[0] == (
+        "case,protocol,class,dice,precision,recall,hd,hd95,assd,gt_voxels,pred_voxels,flags,expected_dice"
+    )
+    assert all(0.0 <= float(line.rsplit(",", 1)[1]) <= 1.0 for line in lines[1:])  # ExpectedDiced in the chain
 
 
 def test_inference_writes_label_maps_in_input_geometry(phantoms, trained, tmp_path):
@@ -208,7 +211,8 @@ def test_inference_writes_label_maps_in_input_geometry(phantoms, trained, tmp_pa
         assert seg.get_data_dtype() == np.uint8 and set(np.unique(np.asarray(seg.dataobj))) <= {0, 1, 2}
         assert (out / scan.name.replace(".nii.gz", "_thickness.nii.gz")).is_file()
     rows = (out / "measurements.csv").read_text().splitlines()
-    assert rows[0].startswith("scan,compartment,") and len(rows) > 2
+    assert rows[0].startswith("scan,compartment,") and rows[0].endswith(",expected_dice") and len(rows) > 2
+    assert all(0.0 <= float(row.rsplit(",", 1)[1]) <= 1.0 for row in rows[1:])  # every compartment has its class's
     again = bundle(
         "--dataset_dir", str(phantoms / "imagesTs"), "--ckpt_dir", str(trained / "models"), "--output_dir", str(out),
         *TINY_INFER, config="configs/inference.json", check=False,
