@@ -264,7 +264,7 @@ def split_by_subject(
 
 
 def cross_validation_folds(
-    entries: Sequence[Mapping[str, str]], folds: int, num_val: int = 4, seed: int = 0
+    entries: Sequence[Mapping[str, str]], folds: int, num_val: int | float = 4, seed: int = 0
 ) -> list[dict[str, list[dict[str, str]]]]:
     """`folds` subject-disjoint splits in which every subject is a test subject exactly once (k-fold cross-validation).
 
@@ -274,6 +274,11 @@ def cross_validation_folds(
     on the rest.
     """
     subjects = sorted({e["subject"] for e in entries})
+    if isinstance(num_val, bool) or num_val != int(num_val) or num_val < 1:
+        raise DatasetError(
+            f"num_val must be a whole number of validation subjects (at least 1) per fold, got {num_val!r}"
+        )
+    num_val = int(num_val)
     if folds < 2 or folds > len(subjects):
         raise DatasetError(f"folds must be from 2 to the number of subjects ({len(subjects)}), got {folds}")
     random.Random(seed).shuffle(subjects)
@@ -576,7 +581,7 @@ def write_split(
     pool = _collect(root, _detect_layout(root) if layout == "auto" else layout, None)["training"]
     if not folds:
         return _write_split_file(output, split_by_subject(pool, num_val, num_test, seed), seed, overwrite)
-    splits = cross_validation_folds(pool, int(folds), int(num_val), seed)
+    splits = cross_validation_folds(pool, int(folds), num_val, seed)
     outputs = [fold_path(output, i) for i in range(len(splits))]
     existing = [p for p in outputs if Path(p).exists()]
     if existing and not overwrite:  # all or nothing: never half a set of folds from two seeds

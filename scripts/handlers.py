@@ -422,18 +422,22 @@ class TrainingStateSaver(CheckpointSaver):
 class StopAtEpochBoundary:
     """Stop a training cleanly at the end of an epoch, after its state is saved, so that `--resume True` continues it
     on the same learning-rate schedule: after epoch `stop_after_epoch` of `max_epochs`, or before an epoch that would
-    run past `time_limit` seconds from this process's start (a cluster job's wall-clock limit, a lent machine's).
+    run past `time_limit` seconds from this process's start (a cluster job's wall-clock limit, a lent machine's; the
+    set-up before training, data caching included, counts).
 
     Why: a job killed by its time limit loses the epoch it was in and may die while a checkpoint is being written;
     lowering `max_epochs` instead would change the polynomial schedule and so the weights. Attach it after the
     validation and state-saving handlers (handlers of one event run in the order they were added). The next epoch's
     length is estimated as the longest epoch since the second of this process (the first may include compilation),
-    validation included. Under torch.distributed every rank takes rank 0's decision, so no rank waits for the others
-    in a collective they never reach.
+    including its validation once a validated epoch is among them: before the first validation of this process the
+    estimate does not know the validation's time, so leave that much margin. A run resumed past `stop_after_epoch`
+    is not stopped again, so the same command with `--resume True` continues to `max_epochs`. Under
+    torch.distributed every rank takes rank 0's decision, so no rank waits for the others in a collective they never
+    reach.
 
     Args:
         stop_after_epoch: stop after this epoch (0: never); no effect once it is >= max_epochs.
-        time_limit: seconds of this process's training (0: no limit).
+        time_limit: seconds from this process's start (0: no limit).
     """
 
     def __init__(self, stop_after_epoch: int = 0, time_limit: float = 0) -> None:
@@ -442,6 +446,7 @@ class StopAtEpochBoundary:
                 f"stop_after_epoch ({stop_after_epoch}) and time_limit ({time_limit}) must be >= 0 (0 turns it off)"
             )
         self.stop_after_epoch, self.time_limit = int(stop_after_epoch), float(time_limit)
+        self._process_start = process_start_time()
         self._start = self._last = 0.0
         self._epoch_seconds: list[float] = []
 
@@ -454,16 +459,16 @@ class StopAtEpochBoundary:
         engine.add_event_handler(Events.EPOCH_COMPLETED, self)
 
     def _started(self, engine) -> None:
-        self._start = self._last = time.monotonic()
+        self._start, self._last = self._process_start, time.time()
         self._epoch_seconds = []
 
     def reason_to_stop(self, epoch: int, max_epochs: int, now: float) -> str:
-        """Why training should stop after `epoch` ('' to go on); `now` is time.monotonic()."""
+        """Why training should stop after `epoch` ('' to go on); `now` is time.time()."""
         self._epoch_seconds.append(now - self._last)
         self._last = now
         if epoch >= max_epochs:
             return ""
-        if self.stop_after_epoch and epoch >= self.stop_after_epoch:
+        if self.stop_after_epoch and epoch == self.stop_after_epoch:
             return f"stop_after_epoch is {self.stop_after_epoch}"
         if self.time_limit:
             elapsed = now - self._start
@@ -477,7 +482,7 @@ class StopAtEpochBoundary:
 
     def __call__(self, engine) -> None:
         epoch, max_epochs = engine.state.epoch, engine.state.max_epochs or engine.state.epoch
-        reason = self.reason_to_stop(epoch, max_epochs, time.monotonic())
+        reason = self.reason_to_stop(epoch, max_epochs, time.time())
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             reason = _rank_zero_choice(reason)
         if reason:
@@ -490,6 +495,18 @@ class StopAtEpochBoundary:
                 epoch,
             )
             engine.terminate()
+
+
+def process_start_time() -> float:
+    """When this process started (seconds since the epoch), from /proc on Linux; elsewhere, now."""
+    try:
+        ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])  # field 22: starttime
+        boot = next(
+            int(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines() if line.startswith("btime")
+        )
+        return boot + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
+        return time.time()
 
 
 def _rank_zero_choice(reason: str) -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import logging
 import math
+import re
 from types import SimpleNamespace
 
 import numpy as np
@@ -31,15 +32,31 @@ def test_expected_dice_by_hand():
 
 
 def test_expected_dice_of_certain_and_absent_classes():
-    certain = torch.nn.functional.one_hot(torch.tensor([[0, 1], [1, 0]]), 3).permute(2, 0, 1).float()
-    assert expected_dice(certain) == {1: 1.0, 2: 1.0}  # class 2 neither predicted nor likely: nothing to miss
+    one_hot = torch.nn.functional.one_hot(torch.tensor([[0, 1], [1, 0]]), 3).permute(2, 0, 1).float()
+    certain = torch.where(one_hot > 0, 1.0, 0.0)
+    certain[:2] = certain[:2] * 0.998 + 0.001  # classes 0 and 1 share 0.999 / 0.001; class 2 never has any mass
+    certain[2] = 0.0
+    scores = expected_dice(certain)
+    # class 1: 2 voxels at 0.999, 2 at 0.001: 2 * 1.998 / (2.0 + 2) = 0.999; class 2 neither predicted nor likely
+    assert scores[1] == pytest.approx(0.999) and scores[2] == 1.0
 
 
-def test_expected_dice_refuses_what_it_cannot_score():
-    with pytest.raises(ValueError, match="channel-first probability map"):
-        expected_dice(torch.rand(5))
-    with pytest.raises(ValueError, match="class 2 asked for, but the probability map has 2 channels"):
-        expected_dice(torch.rand(2, 4, 4))
+@pytest.mark.parametrize(
+    "value, message",
+    [
+        (torch.rand(5), "channel-first probability map"),
+        (torch.rand(2, 4, 4), "class 2 asked for, but the probability map has 2 channels"),
+        (torch.randn(3, 4, 4) * 5, "(logits? apply the softmax first)"),
+        (torch.rand(3, 4, 4) * 0.3, "has channels that do not sum to 1"),
+        (torch.zeros(3, 4, 4, dtype=torch.long), "integer type torch.int64 (a label map?)"),
+        (torch.nn.functional.one_hot(torch.arange(3), 3).T.float(), "holds only 0 and 1 (a one-hot map"),
+    ],
+)
+def test_expected_dice_refuses_what_it_cannot_score(value, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        expected_dice(value)
+    with pytest.raises(ValueError, match="classes must be channel indices"):
+        expected_dice(probabilities(), classes=[])
 
 
 def test_transform_adds_named_scores_and_refuses_discrete_input():

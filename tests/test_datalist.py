@@ -127,6 +127,9 @@ def test_cross_validation_uneven_folds_and_bad_settings():
         cross_validation_folds(entries, folds=1)
     with pytest.raises(DatasetError, match="fold 0: 4 non-test subjects cannot give 4 validation subjects"):
         cross_validation_folds(entries, folds=3, num_val=4)
+    for fraction in (0.2, 0, -1):  # a fraction (train.json's num_val is 0.2) would silently mean 0
+        with pytest.raises(DatasetError, match=f"num_val must be a whole number .* got {fraction}"):
+            cross_validation_folds(entries, folds=3, num_val=fraction)
 
 
 def test_fold_paths():

@@ -139,8 +139,11 @@ def test_sign_flip_p_against_hand_counts(differences, p):
 
 
 def test_sign_flip_p_many_units_and_no_units():
-    assert report.sign_flip_p([1.0] * 20) < 1e-3  # 20 units: sampled patterns, the exact p is 2 / 2^20
-    assert report.sign_flip_p([1.0, -1.0] * 10) == 1.0
+    assert report.sign_flip_p([1.0] * 22) == 2 / 2**22  # exact up to 24 units (in chunks of 2^20 patterns)
+    assert report.sign_flip_p([1.0, -1.0] * 11) == 1.0
+    sampled = report.sign_flip_p([1.0] * 30, draws=999)  # beyond 24: estimated, and never 0
+    assert sampled == 1 / 1000
+    assert report._p_text(2 / 2**24) == "1.2e-07" and report._p_text(0.125) == "0.125"
     with pytest.raises(ValueError, match="no paired differences"):
         report.sign_flip_p([])
 

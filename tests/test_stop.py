@@ -4,6 +4,7 @@ limit, always at an epoch boundary (the state of that epoch saved), so `--resume
 from __future__ import annotations
 
 import logging
+import sys
 
 import pytest
 from ignite.engine import Engine
@@ -33,14 +34,30 @@ def test_no_stop_when_off_or_past_the_end(stop_after_epoch, caplog):
     assert engine.state.epoch == 5 and "stopping" not in caplog.text
 
 
-def test_a_resumed_engine_stops_at_the_same_epoch_number():
-    """The epoch counts the whole run's epochs (a resumed trainer starts at its saved epoch), not this process's."""
+def test_the_same_command_resumed_runs_to_the_end():
+    """The epoch counts the whole run's epochs (a resumed trainer starts at its saved epoch), and a run resumed at
+    or past `stop_after_epoch` is not stopped again: the same command with --resume True finishes the run."""
     engine = Engine(lambda engine, batch: batch)
-    StopAtEpochBoundary(stop_after_epoch=4).attach(engine)
+    StopAtEpochBoundary(stop_after_epoch=2).attach(engine)
     engine.run(range(3), max_epochs=5)
-    assert engine.state.epoch == 4
+    assert engine.state.epoch == 2
     engine.run(range(3), max_epochs=5)  # ignite continues a terminated run where it stopped
     assert engine.state.epoch == 5
+    handler = StopAtEpochBoundary(stop_after_epoch=2)
+    handler._last = 0.0
+    assert handler.reason_to_stop(3, 5, 1.0) == "" and handler.reason_to_stop(2, 5, 2.0) != ""
+
+
+def test_time_limit_counts_from_the_process_start():
+    """Set-up before training (data caching) spends the job's time too: the clock starts with the process."""
+    import time
+
+    from scripts.handlers import process_start_time
+
+    started = process_start_time()
+    assert time.time() - started < 3600  # this test process started within the last hour
+    if sys.platform.startswith("linux"):  # from /proc: before torch and pytest were imported, not "now"
+        assert time.time() - started > 0.5
 
 
 def test_time_limit_stops_before_an_epoch_that_would_overrun():
