@@ -43,11 +43,13 @@ def expected_dice(probabilities: torch.Tensor, classes: Sequence[int] = (1, 2)) 
     if not classes or min(classes) < 0:
         raise ValueError(f"classes must be channel indices >= 0, got {classes}")
     if max(classes) >= shape[0]:
-        raise ValueError(f"class {max(classes)} asked for, but the probability map has {shape[0]} channels")
+        raise ValueError(
+            f"class {max(classes)} asked for, but the probability map has {shape[0]} channels (a discrete map? "
+            "place it before AsDiscreted(argmax=True))"
+        )
     if problem := _not_probabilities(probabilities):
         raise ValueError(f"expected class probabilities (softmax over the channels), but the map {problem}")
-    # one pass for all classes (0.45 s for a 3 x 160 x 384 x 384 map on 2 CPU cores, 9x a loop over class masks;
-    # 0.6 s with the check above):
+    # one pass for all classes (0.45 s for a 3 x 160 x 384 x 384 map on 2 CPU cores, 9x a loop over class masks):
     # the winning probability of each voxel summed per winning class is sum(p * m); counts give sum(m)
     values, decision = probabilities.max(dim=0)
     decision = decision.flatten()
@@ -63,17 +65,18 @@ def expected_dice(probabilities: torch.Tensor, classes: Sequence[int] = (1, 2)) 
 
 def _not_probabilities(p: torch.Tensor) -> str:
     """Why `p` is no softmax output ('' if it may be one): logits or a discrete map would give numbers that look
-    like scores and mean nothing. One pass for the range; the channel sums on a sample of voxels."""
+    like scores and mean nothing. Checked on about 4096 evenly spaced voxels, not a pass over the whole map (this runs
+    on every inferred scan)."""
     if not torch.is_floating_point(p):
         return f"has the integer type {p.dtype} (a label map?)"
-    low, high = (float(v) for v in torch.aminmax(p))
+    flat = p.flatten(1)
+    sample = flat[:, :: max(1, flat.shape[1] // 4096)].double()
+    low, high = float(sample.min()), float(sample.max())
     if low < -1e-3 or high > 1 + 1e-3:
         return f"holds values from {low:.3g} to {high:.3g} (logits? apply the softmax first)"
-    flat = p.flatten(1)
-    sums = flat[:, :: max(1, flat.shape[1] // 4096)].double().sum(dim=0)
-    if float((sums - 1).abs().max()) > 1e-2:
+    if float((sample.sum(dim=0) - 1).abs().max()) > 1e-2:
         return "has channels that do not sum to 1"
-    if not bool(((p > 0) & (p < 1)).any()):
+    if not bool(((sample > 0) & (sample < 1)).any()):
         return "holds only 0 and 1 (a one-hot map: place ExpectedDiced before AsDiscreted)"
     return ""
 
@@ -103,12 +106,6 @@ class ExpectedDiced(MapTransform):
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, object]:
         d = dict(data)
         for key in self.key_iterator(d):
-            probabilities = torch.as_tensor(d[key])
-            if probabilities.shape[0] < len(self.class_names) + 1:
-                raise ValueError(
-                    f"ExpectedDiced needs class probabilities (softmax, {len(self.class_names) + 1} channels) under "
-                    f"'{key}', got {probabilities.shape[0]} channel(s): place it before AsDiscreted(argmax=True)"
-                )
-            scores = expected_dice(probabilities, range(1, len(self.class_names) + 1))
+            scores = expected_dice(d[key], range(1, len(self.class_names) + 1))
             d[self.output_key] = {name: scores[i + 1] for i, name in enumerate(self.class_names)}
         return d

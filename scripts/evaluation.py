@@ -227,12 +227,12 @@ def expected_dice_agreement(rows: Sequence[Mapping[str, Any]]) -> list[str]:
 
 
 def _spearman(a: np.ndarray, b: np.ndarray) -> float:
-    from scipy.stats import rankdata
+    """scipy's Spearman correlation; nan without a warning when either side is constant (nothing to rank)."""
+    from scipy.stats import spearmanr
 
-    ra, rb = rankdata(a), rankdata(b)
-    if ra.std() == 0 or rb.std() == 0:
+    if np.ptp(a) == 0 or np.ptp(b) == 0:
         return math.nan
-    return float(np.corrcoef(ra, rb)[0, 1])
+    return float(spearmanr(a, b).statistic)
 
 
 class SegmentationReport:

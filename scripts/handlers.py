@@ -447,7 +447,7 @@ class StopAtEpochBoundary:
             )
         self.stop_after_epoch, self.time_limit = int(stop_after_epoch), float(time_limit)
         self._process_start = process_start_time()
-        self._start = self._last = 0.0
+        self._last = 0.0
         self._epoch_seconds: list[float] = []
 
     def attach(self, engine) -> None:
@@ -459,7 +459,7 @@ class StopAtEpochBoundary:
         engine.add_event_handler(Events.EPOCH_COMPLETED, self)
 
     def _started(self, engine) -> None:
-        self._start, self._last = self._process_start, time.time()
+        self._last = time.time()
         self._epoch_seconds = []
 
     def reason_to_stop(self, epoch: int, max_epochs: int, now: float) -> str:
@@ -471,7 +471,7 @@ class StopAtEpochBoundary:
         if self.stop_after_epoch and epoch == self.stop_after_epoch:
             return f"stop_after_epoch is {self.stop_after_epoch}"
         if self.time_limit:
-            elapsed = now - self._start
+            elapsed = now - self._process_start
             next_epoch = max(self._epoch_seconds[1:] or self._epoch_seconds)
             if elapsed + next_epoch > self.time_limit:
                 return (

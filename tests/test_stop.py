@@ -65,7 +65,7 @@ def test_time_limit_stops_before_an_epoch_that_would_overrun():
     epoch 1 itself: 100 + 100 fits. From then on the estimate is the longest epoch since the second (25 s): after
     epoch 4 (172 s) 197 fits; after epoch 5 (196 s) 221 does not: stop."""
     handler = StopAtEpochBoundary(time_limit=220)
-    handler._start = handler._last = 1000.0
+    handler._process_start = handler._last = 1000.0
     clock = 1000.0
     reasons = []
     for epoch, seconds in enumerate([100, 23, 25, 24, 24], start=1):
@@ -78,13 +78,13 @@ def test_time_limit_stops_before_an_epoch_that_would_overrun():
 def test_time_limit_after_the_first_epoch_uses_its_time():
     """After one epoch the only estimate is that epoch (compilation included): 130 + 130 > 200 stops."""
     handler = StopAtEpochBoundary(time_limit=200)
-    handler._start = handler._last = 0.0
+    handler._process_start = handler._last = 0.0
     assert handler.reason_to_stop(1, 50, 130.0).startswith("time_limit is 200 s: 130 s have passed")
 
 
 def test_time_limit_never_stops_the_last_epoch():
     handler = StopAtEpochBoundary(time_limit=1)
-    handler._start = handler._last = 0.0
+    handler._process_start = handler._last = 0.0
     assert handler.reason_to_stop(50, 50, 1e6) == ""
 
 

@@ -1,6 +1,6 @@
 """How well does the expected Dice (scripts.confidence) rank segmentations by their measured Dice? Builds a test set
-of knee phantoms at two levels of difficulty: as generated, and degraded the way a poor scan is (stronger noise,
-blur, a steeper bias field, at a random strength per case). The evaluation (configs/evaluate.json, which writes the
+of knee phantoms at two levels of difficulty: as generated, and degraded the way a poor scan is (noise, blur, a bias
+field, at a random strength per case). The evaluation (configs/evaluate.json, which writes the
 expected Dice beside the measured one) is then run on it with a trained model:
 
     python -m scripts.experiments.expected_dice OUT_DIR [--num_cases 20] [--shape 40,128,128] [--seed 7]
@@ -21,23 +21,25 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-from scipy.ndimage import gaussian_filter
+import torch
 
 from scripts.cli import as_bool
 from scripts.phantom import write_phantom_dataset
 
 
-def degrade(image: np.ndarray, strength: float, rng: np.random.Generator) -> np.ndarray:
-    """A poorer scan of the same knee: in-plane blur (sigma up to 1.5 voxels), a multiplicative bias field (up to
-    +-40 %) and Gaussian noise (up to 15 % of the 99th intensity percentile), each scaled by `strength` in [0, 1]."""
+def degrade(image: np.ndarray, strength: float, seed: int) -> np.ndarray:
+    """A poorer scan of the same knee, with MONAI's own transforms, each scaled by `strength` in [0, 1]: in-plane
+    blur (GaussianSmooth, sigma up to 1.5 voxels), a smooth multiplicative bias field (RandBiasField, degree 3,
+    coefficients up to 0.4) and Gaussian noise (RandGaussianNoise, sd up to 15 % of the 99th intensity
+    percentile)."""
+    from monai.transforms import GaussianSmooth, RandBiasField, RandGaussianNoise
+
     scale = float(np.percentile(image, 99)) or 1.0
-    out = gaussian_filter(image.astype(np.float32), sigma=(0.0, 1.5 * strength, 1.5 * strength))
-    grid = np.meshgrid(*[np.linspace(-1, 1, n) for n in image.shape], indexing="ij")
-    direction = rng.normal(size=3)
-    direction /= np.linalg.norm(direction)
-    out *= 1.0 + 0.4 * strength * sum(d * g for d, g in zip(direction, grid))
-    out += rng.normal(0.0, 0.15 * strength * scale, size=image.shape).astype(np.float32)
-    return np.clip(out, 0.0, None)
+    x = torch.as_tensor(image, dtype=torch.float32)[None]
+    x = GaussianSmooth(sigma=(0.0, 1.5 * strength, 1.5 * strength))(x)
+    bias = RandBiasField(degree=3, coeff_range=(0.0, 0.4 * strength), prob=1.0).set_random_state(seed)
+    noise = RandGaussianNoise(prob=1.0, std=0.15 * strength * scale, sample_std=False).set_random_state(seed)
+    return np.clip(np.asarray(noise(bias(x)))[0], 0.0, None)
 
 
 def main(
@@ -55,7 +57,7 @@ def main(
     for image_path in sorted((out / "imagesTs").glob("*.nii.gz")):
         img = nib.load(str(image_path))
         strength = float(rng.uniform(0.3, 1.0))
-        poor = degrade(np.asarray(img.dataobj, dtype=np.float32), strength, rng)
+        poor = degrade(np.asarray(img.dataobj, dtype=np.float32), strength, int(rng.integers(2**31)))
         case = image_path.name.removesuffix(".nii.gz")
         nib.save(nib.Nifti1Image(poor, img.affine, img.header), str(out / "imagesTs" / f"{case}_poor.nii.gz"))
         shutil.copy(out / "labelsTs" / f"{case}.nii.gz", out / "labelsTs" / f"{case}_poor.nii.gz")
