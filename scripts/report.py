@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,17 @@ import numpy as np
 from scripts.datalist import subject_id
 from scripts.io_utils import atomic_path, atomic_write_text
 
-__all__ = ["read_scalars", "curves", "table", "seeds", "sign_flip_p", "dump_slices", "overlays", "PAPER_TABLE1"]
+__all__ = [
+    "read_scalars",
+    "read_log_scalars",
+    "curves",
+    "table",
+    "seeds",
+    "sign_flip_p",
+    "dump_slices",
+    "overlays",
+    "PAPER_TABLE1",
+]
 
 #: The seed paper's Table 1 (test set; %, HD in mm).
 PAPER_TABLE1: dict[tuple[str, str], tuple[float, float, float, float]] = {
@@ -76,6 +87,53 @@ def _event_file_time(path: Path) -> tuple[float, str]:
         return float("inf"), path.name
 
 
+_LOG_LOSS = re.compile(r"\bepoch (\d+) iteration (\d+)/(\d+) loss ([-+0-9.einfa]+)")  # scripts.handlers.ProgressLogger
+_LOG_METRICS = re.compile(r"Epoch\[(\d+)\] Metrics -- (.*)")  # MONAI's StatsHandler
+_LOG_EPOCH_DONE = re.compile(r"\bepoch (\d+)/\d+ done in")
+
+
+def read_log_scalars(*log_files: str | Path) -> dict[str, list[tuple[int, float]]]:
+    """The curves' series from a training's console logs (`train.log`; the parts of a resumed run in order), for runs
+    whose TensorBoard files were not kept: `train_loss` at the iterations the progress handler logged (a sample, one
+    every `iteration_interval` iterations, not every one) of the epochs that finished, and each validation metric per
+    epoch. As in `read_scalars`, a step logged again by a later file (a resumed run repeating an epoch) keeps the
+    later value; an epoch cut off by a stop contributes no loss, so no epoch's mean rests on a few early samples."""
+    series: dict[str, dict[int, float]] = {}
+    loss_epochs: dict[int, int] = {}  # step -> epoch of each loss sample
+    finished: set[int] = set()
+    for path in log_files:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"no training log at {path}")
+        for line in path.read_text(errors="replace").splitlines():
+            if loss := _LOG_LOSS.search(line):
+                epoch, iteration, length, value = loss.groups()
+                step = (int(epoch) - 1) * int(length) + int(iteration)
+                series.setdefault("train_loss", {})[step] = float(value)
+                loss_epochs[step] = int(epoch)
+            elif done := _LOG_EPOCH_DONE.search(line):
+                finished.add(int(done.group(1)))
+            elif metrics := _LOG_METRICS.search(line):
+                for tag, value in re.findall(r"(\w+): ([-+0-9.einfa]+)", metrics.group(2)):
+                    series.setdefault(tag, {})[int(metrics.group(1))] = float(value)
+    if "train_loss" in series:
+        series["train_loss"] = {k: v for k, v in series["train_loss"].items() if loss_epochs[k] in finished}
+    series = {tag: values for tag, values in series.items() if values}
+    if not series:
+        raise ValueError(f"no loss or validation lines in {', '.join(map(str, log_files))} (not a training log?)")
+    return {tag: sorted(values.items()) for tag, values in series.items()}
+
+
+def _run_scalars(run: Path, log_subdir: str) -> dict[str, list[tuple[int, float]]]:
+    """A run folder's series: its TensorBoard files, else its console logs (`train*.log`, in name order)."""
+    if any((run / log_subdir).rglob("events.out.tfevents.*")):
+        return read_scalars(run / log_subdir)
+    logs = sorted(run.glob("train*.log"))
+    if not logs:
+        raise FileNotFoundError(f"no TensorBoard event files under {run / log_subdir} and no train*.log in {run}")
+    return read_log_scalars(*logs)
+
+
 def _per_epoch(values: list[tuple[int, float]], iterations_per_epoch: int) -> tuple[np.ndarray, np.ndarray]:
     """Mean of an iteration-level series per epoch (iterations are 1-based)."""
     steps = np.array([s for s, _ in values])
@@ -92,7 +150,8 @@ def curves(
     iterations_per_epoch: int = 250,
     log_subdir: str = "logs",
 ) -> str:
-    """Training loss per epoch and validation Dice per validation, one line per run (the paper's Fig. 8 and 9)."""
+    """Training loss per epoch and validation Dice per validation, one line per run (the paper's Fig. 8 and 9), from
+    each run's TensorBoard logs, or from its console logs (`train*.log`) where those were not kept."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -101,7 +160,7 @@ def curves(
     labels = _names(names, run_dirs)
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     for run, label in zip(run_dirs, labels):
-        scalars = read_scalars(Path(run) / log_subdir)
+        scalars = _run_scalars(Path(run), log_subdir)
         if "train_loss" in scalars:
             ep, loss = _per_epoch(scalars["train_loss"], iterations_per_epoch)
             axes[0].plot(ep, loss, label=label)

@@ -229,3 +229,87 @@ def test_seeds_over_cross_validation_folds_pairs_every_test_subject(tmp_path):
     text = report.seeds(str(tmp_path / "f0"), str(tmp_path / "f1"), models="eas,unet", reference="eas")
     femoral = next(r for r in text.splitlines() if r.startswith("| femoral cartilage | unet | 4 of 4"))
     assert "| 4 of 4 | 0.125 (0.125) |" in femoral  # 4 subjects, all 10 points lower: the floor 2 / 2^4
+
+
+def _write_training_log(path, epochs, stop_in_epoch=None, metrics=None):
+    """A console log as a training writes it: the bundle's ProgressLogger on an ignite engine (4 iterations per
+    epoch, a loss line every 2), MONAI's validation metrics line, in configs/logging.conf's format."""
+    import logging
+
+    from ignite.engine import Engine, Events
+
+    from scripts.handlers import ProgressLogger
+
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s - %(name)s - %(levelname)s - %(message)s"))
+    logger = logging.getLogger("progress")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        engine = Engine(lambda e, b: {"loss": float(e.state.epoch * 10 + (e.state.iteration - 1) % 4 + 1)})
+        ProgressLogger(iteration_interval=2).attach(engine)
+
+        @engine.on(Events.ITERATION_COMPLETED)
+        def _stop(e):
+            if stop_in_epoch is not None and e.state.epoch == stop_in_epoch and (e.state.iteration - 1) % 4 == 2:
+                raise KeyboardInterrupt  # killed mid-epoch, after its iteration-2 loss line
+
+        @engine.on(Events.EPOCH_COMPLETED)
+        def _validate(e):
+            if metrics:
+                logger.info(
+                    "Epoch[%d] Metrics -- val_femoral_dice: %.4f val_mean_dice: 0.5000 ",
+                    e.state.epoch,
+                    metrics[e.state.epoch],
+                )
+
+        if epochs[0] > 1:  # resumed: the state of the last finished epoch, as a checkpoint restores it
+            engine.load_state_dict({"epoch": epochs[0] - 1, "epoch_length": 4, "max_epochs": epochs[-1]})
+        try:
+            engine.run(range(4), max_epochs=epochs[-1])
+        except KeyboardInterrupt:
+            pass
+    finally:
+        logger.removeHandler(handler)
+        handler.close()
+
+
+def test_read_log_scalars_from_the_progress_logger_and_a_resumed_run(tmp_path):
+    """Part 1 finishes epoch 1 and is killed in epoch 2; part 2 resumes at epoch 2 and finishes 2-3. Loss samples at
+    iterations 2 and 4 of each finished epoch (steps of 4 per epoch); epoch 2's values are part 2's (a later file
+    wins); the validation metric per epoch."""
+    part1, part2 = tmp_path / "train_part1.log", tmp_path / "train_part2.log"
+    _write_training_log(part1, [1, 2], stop_in_epoch=2, metrics={1: 0.25, 2: 0.1})
+    _write_training_log(part2, [2, 3], metrics={2: 0.5, 3: 0.75})
+    scalars = report.read_log_scalars(part1, part2)
+    assert scalars["train_loss"] == [(2, 12.0), (4, 14.0), (6, 22.0), (8, 24.0), (10, 32.0), (12, 34.0)]
+    assert scalars["val_femoral_dice"] == [(1, 0.25), (2, 0.5), (3, 0.75)]
+    assert scalars["val_mean_dice"] == [(1, 0.5), (2, 0.5), (3, 0.5)]
+
+
+def test_read_log_scalars_drops_the_loss_of_an_epoch_cut_off(tmp_path):
+    """A run killed in epoch 2 logged one loss sample of it; with no resumed part the epoch has no loss point."""
+    log = tmp_path / "train.log"
+    _write_training_log(log, [1, 2], stop_in_epoch=2)
+    assert "epoch 2 iteration 2/4 loss 22.0000" in log.read_text()
+    assert report.read_log_scalars(log)["train_loss"] == [(2, 12.0), (4, 14.0)]
+
+
+def test_curves_fall_back_to_the_console_logs(tmp_path):
+    run = tmp_path / "unet"
+    run.mkdir()
+    _write_training_log(run / "train.log", [1, 2], metrics={1: 0.5, 2: 0.6})
+    png = tmp_path / "curves.png"
+    assert report.curves(str(run), names="U-Net", output=str(png), iterations_per_epoch=4) == str(png)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_read_log_scalars_bad_input_names_the_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="train.log"):
+        report.read_log_scalars(tmp_path / "train.log")
+    other = tmp_path / "notes.txt"
+    other.write_text("no training here\n")
+    with pytest.raises(ValueError, match="notes.txt"):
+        report.read_log_scalars(other)
+    with pytest.raises(FileNotFoundError, match="no train.*log"):
+        report.curves(str(tmp_path), output=str(tmp_path / "c.png"))
