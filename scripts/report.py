@@ -101,6 +101,7 @@ def read_log_scalars(*log_files: str | Path) -> dict[str, list[tuple[int, float]
     series: dict[str, dict[int, float]] = {}
     loss_epochs: dict[int, int] = {}  # step -> epoch of each loss sample
     finished: set[int] = set()
+    lengths: set[int] = set()
     for path in log_files:
         path = Path(path)
         if not path.is_file():
@@ -109,6 +110,7 @@ def read_log_scalars(*log_files: str | Path) -> dict[str, list[tuple[int, float]
             if loss := _LOG_LOSS.search(line):
                 epoch, iteration, length, value = loss.groups()
                 step = (int(epoch) - 1) * int(length) + int(iteration)
+                lengths.add(int(length))
                 series.setdefault("train_loss", {})[step] = float(value)
                 loss_epochs[step] = int(epoch)
             elif done := _LOG_EPOCH_DONE.search(line):
@@ -116,6 +118,10 @@ def read_log_scalars(*log_files: str | Path) -> dict[str, list[tuple[int, float]
             elif metrics := _LOG_METRICS.search(line):
                 for tag, value in re.findall(r"(\w+): ([-+0-9.einfa]+)", metrics.group(2)):
                     series.setdefault(tag, {})[int(metrics.group(1))] = float(value)
+    if len(lengths) > 1:
+        raise ValueError(
+            f"{', '.join(map(str, log_files))} mix epochs of {sorted(lengths)} iterations: not one training's logs"
+        )
     if "train_loss" in series:
         series["train_loss"] = {k: v for k, v in series["train_loss"].items() if loss_epochs[k] in finished}
     series = {tag: values for tag, values in series.items() if values}
@@ -124,13 +130,20 @@ def read_log_scalars(*log_files: str | Path) -> dict[str, list[tuple[int, float]
     return {tag: sorted(values.items()) for tag, values in series.items()}
 
 
-def _run_scalars(run: Path, log_subdir: str) -> dict[str, list[tuple[int, float]]]:
-    """A run folder's series: its TensorBoard files, else its console logs (`train*.log`, in name order)."""
+def _run_scalars(run: Path, log_subdir: str, iterations_per_epoch: int) -> dict[str, list[tuple[int, float]]]:
+    """A run folder's series: its TensorBoard files, else its console logs (`train*.log`, in name order), whose loss
+    lines state the epoch length: one that differs from `iterations_per_epoch` would put losses in the wrong epochs."""
     if any((run / log_subdir).rglob("events.out.tfevents.*")):
         return read_scalars(run / log_subdir)
     logs = sorted(run.glob("train*.log"))
     if not logs:
         raise FileNotFoundError(f"no TensorBoard event files under {run / log_subdir} and no train*.log in {run}")
+    lengths = {int(m.group(3)) for f in logs for m in _LOG_LOSS.finditer(f.read_text(errors="replace"))}
+    if lengths and lengths != {iterations_per_epoch}:
+        raise ValueError(
+            f"the logs in {run} have epochs of {sorted(lengths)} iterations, not {iterations_per_epoch}:"
+            f" pass --iterations_per_epoch {max(lengths)}"
+        )
     return read_log_scalars(*logs)
 
 
@@ -160,7 +173,7 @@ def curves(
     labels = _names(names, run_dirs)
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     for run, label in zip(run_dirs, labels):
-        scalars = _run_scalars(Path(run), log_subdir)
+        scalars = _run_scalars(Path(run), log_subdir, iterations_per_epoch)
         if "train_loss" in scalars:
             ep, loss = _per_epoch(scalars["train_loss"], iterations_per_epoch)
             axes[0].plot(ep, loss, label=label)

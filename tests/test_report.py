@@ -302,6 +302,8 @@ def test_curves_fall_back_to_the_console_logs(tmp_path):
     png = tmp_path / "curves.png"
     assert report.curves(str(run), names="U-Net", output=str(png), iterations_per_epoch=4) == str(png)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(ValueError, match="epochs of \\[4\\] iterations, not 250: pass --iterations_per_epoch 4"):
+        report.curves(str(run), output=str(png))  # the default 250 would bin the losses into the wrong epochs
 
 
 def test_read_log_scalars_bad_input_names_the_file(tmp_path):
@@ -311,5 +313,9 @@ def test_read_log_scalars_bad_input_names_the_file(tmp_path):
     other.write_text("no training here\n")
     with pytest.raises(ValueError, match="notes.txt"):
         report.read_log_scalars(other)
+    mixed = tmp_path / "mixed.log"
+    mixed.write_text("epoch 1 iteration 2/4 loss 1.0\nepoch 1/2 done in\nepoch 2 iteration 2/8 loss 1.0\n")
+    with pytest.raises(ValueError, match=r"mix epochs of \[4, 8\] iterations"):
+        report.read_log_scalars(mixed)
     with pytest.raises(FileNotFoundError, match="no train.*log"):
         report.curves(str(tmp_path), output=str(tmp_path / "c.png"))
