@@ -92,12 +92,16 @@ _LOG_METRICS = re.compile(r"Epoch\[(\d+)\] Metrics -- (.*)")  # MONAI's StatsHan
 _LOG_EPOCH_DONE = re.compile(r"\bepoch (\d+)/\d+ done in")
 
 
-def read_log_scalars(*log_files: str | Path) -> dict[str, list[tuple[int, float]]]:
+def read_log_scalars(
+    *log_files: str | Path, iterations_per_epoch: int | None = None
+) -> dict[str, list[tuple[int, float]]]:
     """The curves' series from a training's console logs (`train.log`; the parts of a resumed run in order), for runs
     whose TensorBoard files were not kept: `train_loss` at the iterations the progress handler logged (a sample, one
     every `iteration_interval` iterations, not every one) of the epochs that finished, and each validation metric per
     epoch. As in `read_scalars`, a step logged again by a later file (a resumed run repeating an epoch) keeps the
-    later value; an epoch cut off by a stop contributes no loss, so no epoch's mean rests on a few early samples."""
+    later value; an epoch cut off by a stop contributes no loss, so no epoch's mean rests on a few early samples.
+    The loss lines state the epoch length; `iterations_per_epoch`, if given, must match it (a caller that bins the
+    steps into epochs with another length would put the losses in the wrong epochs)."""
     series: dict[str, dict[int, float]] = {}
     loss_epochs: dict[int, int] = {}  # step -> epoch of each loss sample
     finished: set[int] = set()
@@ -118,33 +122,30 @@ def read_log_scalars(*log_files: str | Path) -> dict[str, list[tuple[int, float]
             elif metrics := _LOG_METRICS.search(line):
                 for tag, value in re.findall(r"(\w+): ([-+0-9.einfa]+)", metrics.group(2)):
                     series.setdefault(tag, {})[int(metrics.group(1))] = float(value)
+    names = ", ".join(map(str, log_files))
     if len(lengths) > 1:
+        raise ValueError(f"{names} mix epochs of {sorted(lengths)} iterations: not one training's logs")
+    if iterations_per_epoch is not None and lengths and lengths != {iterations_per_epoch}:
         raise ValueError(
-            f"{', '.join(map(str, log_files))} mix epochs of {sorted(lengths)} iterations: not one training's logs"
+            f"{names} have epochs of {sorted(lengths)} iterations, not {iterations_per_epoch}:"
+            f" pass --iterations_per_epoch {lengths.pop()}"
         )
     if "train_loss" in series:
         series["train_loss"] = {k: v for k, v in series["train_loss"].items() if loss_epochs[k] in finished}
     series = {tag: values for tag, values in series.items() if values}
     if not series:
-        raise ValueError(f"no loss or validation lines in {', '.join(map(str, log_files))} (not a training log?)")
+        raise ValueError(f"no loss or validation lines in {names} (not a training log?)")
     return {tag: sorted(values.items()) for tag, values in series.items()}
 
 
 def _run_scalars(run: Path, log_subdir: str, iterations_per_epoch: int) -> dict[str, list[tuple[int, float]]]:
-    """A run folder's series: its TensorBoard files, else its console logs (`train*.log`, in name order), whose loss
-    lines state the epoch length: one that differs from `iterations_per_epoch` would put losses in the wrong epochs."""
+    """A run folder's series: its TensorBoard files, else its console logs (`train*.log`, in name order)."""
     if any((run / log_subdir).rglob("events.out.tfevents.*")):
         return read_scalars(run / log_subdir)
     logs = sorted(run.glob("train*.log"))
     if not logs:
         raise FileNotFoundError(f"no TensorBoard event files under {run / log_subdir} and no train*.log in {run}")
-    lengths = {int(m.group(3)) for f in logs for m in _LOG_LOSS.finditer(f.read_text(errors="replace"))}
-    if lengths and lengths != {iterations_per_epoch}:
-        raise ValueError(
-            f"the logs in {run} have epochs of {sorted(lengths)} iterations, not {iterations_per_epoch}:"
-            f" pass --iterations_per_epoch {max(lengths)}"
-        )
-    return read_log_scalars(*logs)
+    return read_log_scalars(*logs, iterations_per_epoch=iterations_per_epoch)
 
 
 def _per_epoch(values: list[tuple[int, float]], iterations_per_epoch: int) -> tuple[np.ndarray, np.ndarray]:
