@@ -1198,6 +1198,7 @@ def measure_train_loop(
         "amp": variant.precision == "bf16",
         "max_epochs": int(epochs),
         "val_interval": int(epochs) + 1,
+        "validate_final_epoch": False,
         "batch_size": batch,
         "slices_per_epoch": int(slices_per_epoch),
         "datalist#num_val": 0,

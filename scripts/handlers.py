@@ -29,6 +29,7 @@ __all__ = [
     "ResumeFromLatest",
     "TrainingStateSaver",
     "StopAtEpochBoundary",
+    "ValidateFinalEpoch",
     "latest_checkpoint",
     "check_run_dir",
     "monailabel_server",
@@ -252,6 +253,43 @@ class BestModelSaver:
             engine.state.best_metric,
             engine.state.epoch,
         )
+
+
+class ValidateFinalEpoch:
+    """Validate once more after the last epoch of the schedule when `interval` does not divide `max_epochs`, so that
+    every completed training has validated its final weights and written `models/model.pt` if they are the best.
+
+    Why: MONAI's ValidationHandler validates only every `interval` epochs; a MONAI Label train request sets
+    `max_epochs` alone (e.g. 1 or 3 with the default `val_interval` 5) and its training would otherwise end without
+    any model.pt for the infer task to load. A training stopped early at an epoch boundary (`stop_after_epoch`,
+    `time_limit`) is not validated here: it will be resumed, and the resumed run validates on the schedule, as an
+    uninterrupted run does. It runs at the end of the last epoch, after ValidationHandler and before the training
+    state is saved (attach it between the two), so the saved state holds the final best metric. Under
+    torch.distributed every rank runs it (the validation is distributed), like ValidationHandler.
+
+    Args:
+        validator: the evaluator that ValidationHandler runs.
+        interval: ValidationHandler's interval in epochs.
+        enabled: False turns it off (the speed benchmark times a training loop without validation).
+    """
+
+    def __init__(self, validator: Any, interval: int, enabled: bool = True) -> None:
+        if int(interval) < 1:
+            raise ValueError(f"interval ({interval}) must be >= 1 epoch")
+        self.validator, self.interval, self.enabled = validator, int(interval), bool(enabled)
+
+    def attach(self, engine) -> None:
+        from ignite.engine import Events
+
+        if self.enabled:
+            engine.add_event_handler(Events.EPOCH_COMPLETED, self)
+
+    def __call__(self, engine) -> None:
+        epoch = engine.state.epoch
+        if epoch != engine.state.max_epochs or epoch % self.interval == 0:
+            return  # not the last epoch, or ValidationHandler has just validated it
+        logger.info("validating the final epoch %d (val_interval %d does not divide it)", epoch, self.interval)
+        self.validator.run(epoch)
 
 
 def track_best_metric(evaluator) -> None:

@@ -57,7 +57,6 @@ APP_OVERRIDES: dict[str, Any] = {  # CPU sizes only; the network, transforms and
     "batch_size": 4,
     "num_workers": 0,
     "cache_rate": 0.0,
-    "val_interval": 1,
     "sw_batch_size": 8,
     "amp": False,
 }

@@ -101,6 +101,17 @@ def test_training_writes_models_and_logs(trained):
     assert full["trainer"]["iteration"] == 3 * 2 and "best_metric" in full["validator"]  # 2 iterations per epoch
 
 
+def test_a_training_shorter_than_val_interval_still_writes_model_pt(phantoms, tmp_path):
+    """MONAI Label sets max_epochs alone: 2 epochs with the default val_interval 5 validate the last epoch."""
+    result = bundle(
+        "--dataset_dir", str(phantoms), "--ckpt_dir", str(tmp_path / "models"), "--output_dir", str(tmp_path / "eval"),
+        "--max_epochs", "2", *TINY,
+    )  # fmt: skip
+    assert "validating the final epoch 2 (val_interval 5 does not divide it)" in result.stdout + result.stderr
+    assert (tmp_path / "models" / "model.pt").is_file()
+    assert checkpoint(tmp_path, 2)["validator"]["best_metric_epoch"] == 2  # the saved state knows it
+
+
 def test_resume_with_more_epochs_stretches_the_lr_schedule(phantoms, trained, tmp_path):
     """A finished 3-epoch run resumed with --max_epochs 4 trains epoch 4 at the stretched polynomial schedule's
     rate, 0.01 * (1 - 3/4) ** 0.9, not at the saved schedule's final 0 (which changed no weight, silently)."""

@@ -8,7 +8,7 @@
 # LABELS_DIR holds the 48 OAI label maps (<id>_<visit>.nii.gz); the subject split is configs/splits/oai_labels.json.
 # WORKERS (default 4) data-loader workers per model; the four models train concurrently on one GPU. SPLIT: another
 # subject split file (e.g. configs/splits/oai_labels_cv6_fold3.json, one of six cross-validation folds); VAL:
-# validation interval in epochs (default 4; make it divide EPOCHS so the last epoch is validated); EXTRA: more
+# validation interval in epochs (default 4; the last epoch is validated in any case); EXTRA: more
 # overrides for every run (e.g. tiny settings for a smoke test); CONFIGS: more config files for every run,
 # comma-separated (e.g. configs/optim_adamw.json for a short budget); TRAIN_TIMEOUT: a wall-clock limit in seconds
 # per training (it is stopped there and evaluated with its best validated checkpoint so far;
