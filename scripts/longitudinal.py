@@ -47,7 +47,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_SCAN_PATTERN = r"^(?P<subject>.+)_(?P<visit>[^_]+)$"
 # the quantify columns this module reads; the others may be absent (e.g. a CSV trimmed in a spreadsheet)
 _REQUIRED = ("scan", "compartment", "laterality", "volume_mm3", "thickness_mean_mm", "thickness_median_mm", "flags")
-_OPTIONAL = ("voxel_size_mm",)
+_OPTIONAL = ("voxel_size_mm", "expected_dice")
 _PAIR_TABLE_COMPARTMENTS = ("femoral", "tibial")
 
 
@@ -70,6 +70,7 @@ class VisitRow:
     thickness_median_mm: float
     voxel_size_mm: str
     flags: str
+    expected_dice: float  # of the prediction measured (inference's measurements.csv); NaN for a given label map
 
 
 @dataclass(frozen=True)
@@ -89,6 +90,7 @@ class ChangeRow:
     thickness_mean_followup_mm: float
     thickness_mean_change_mm: float
     thickness_median_change_mm: float
+    expected_dice_min: float  # the lower of the two visits' expected Dice; NaN (empty in the CSV) where one has none
     flags: str
 
     @property
@@ -152,6 +154,7 @@ def read_measurements(paths: Sequence[str | Path], scan_pattern: str = DEFAULT_S
                     thickness_median_mm=_number(row["thickness_median_mm"], "thickness_median_mm", where),
                     voxel_size_mm=row.get("voxel_size_mm", ""),
                     flags=row["flags"],
+                    expected_dice=_number(row.get("expected_dice") or "nan", "expected_dice", where),
                 )
             )
     if unmatched:
@@ -224,12 +227,14 @@ def _check_visits(visits: Iterable[str], visit_order: Sequence[str] | None) -> N
         )
 
 
-def _pair_flags(base: VisitRow, follow: VisitRow) -> list[str]:
+def _pair_flags(base: VisitRow, follow: VisitRow, min_expected_dice: float) -> list[str]:
     flags = []
     if base.laterality != follow.laterality:
         flags.append("laterality_differs")
     if base.voxel_size_mm and follow.voxel_size_mm and base.voxel_size_mm != follow.voxel_size_mm:
         flags.append("voxel_size_differs")
+    if min_expected_dice > 0 and not _lower(base.expected_dice, follow.expected_dice) >= min_expected_dice:
+        flags.append("low_expected_dice")  # also when a visit has no expected Dice: the threshold cannot be checked
     if base.flags:
         flags.append(f"baseline:{base.flags}")
     if follow.flags:
@@ -237,12 +242,20 @@ def _pair_flags(base: VisitRow, follow: VisitRow) -> list[str]:
     return flags
 
 
+def _lower(a: float, b: float) -> float:
+    """The smaller value, NaN if either is NaN (Python's min would depend on the order)."""
+    return math.nan if math.isnan(a) or math.isnan(b) else min(a, b)
+
+
 def _percent(change: float, base: float) -> float:
     return 100.0 * change / base if base > 0 else math.nan
 
 
-def change_rows(rows: Sequence[VisitRow], visit_order: Sequence[str] | None = None) -> list[ChangeRow]:
-    """Each subject's later visits against its first, per compartment; subjects seen at one visit only are logged."""
+def change_rows(
+    rows: Sequence[VisitRow], visit_order: Sequence[str] | None = None, min_expected_dice: float = 0.0
+) -> list[ChangeRow]:
+    """Each subject's later visits against its first, per compartment; subjects seen at one visit only are logged.
+    With `min_expected_dice` > 0, a pair where either visit's segmentation is expected below it is flagged."""
     _check_visits((r.visit for r in rows), visit_order)
     key = _visit_key(visit_order)
     by_subject: dict[str, dict[str, dict[str, VisitRow]]] = {}
@@ -285,7 +298,8 @@ def change_rows(rows: Sequence[VisitRow], visit_order: Sequence[str] | None = No
                         thickness_mean_followup_mm=f.thickness_mean_mm,
                         thickness_mean_change_mm=f.thickness_mean_mm - b.thickness_mean_mm,
                         thickness_median_change_mm=f.thickness_median_mm - b.thickness_median_mm,
-                        flags=";".join(_pair_flags(b, f)),
+                        expected_dice_min=_lower(b.expected_dice, f.expected_dice),
+                        flags=";".join(_pair_flags(b, f, min_expected_dice)),
                     )
                 )
     if not out:
@@ -361,7 +375,11 @@ def change_csv_text(rows: Sequence[ChangeRow]) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(CHANGE_COLUMNS)
-    writer.writerows([_cell(v) for v in astuple(r)] for r in rows)
+    empty_if_nan = CHANGE_COLUMNS.index("expected_dice_min")  # like quantify's expected_dice: empty when not known
+    for r in rows:
+        cells = [_cell(v) for v in astuple(r)]
+        cells[empty_if_nan] = "" if cells[empty_if_nan] == "nan" else cells[empty_if_nan]
+        writer.writerow(cells)
     return buffer.getvalue()
 
 
@@ -475,6 +493,7 @@ def main(
     markdown: str | None = None,
     scan_pattern: str = DEFAULT_SCAN_PATTERN,
     visit_order: str | Sequence[str] | None = None,
+    min_expected_dice: float = 0.0,
     overwrite: bool = False,
 ) -> str:
     """Cartilage change between visits: pair each subject's follow-ups with its baseline; write one CSV.
@@ -493,6 +512,9 @@ def main(
             the default splits at the last underscore (9014797_00m: subject 9014797, visit 00m).
         visit_order: every visit label, baseline first, comma-separated (e.g. BL,Y1,Y2); by default visits are ordered
             by the first number in their label (00m < 12m < 96m) and the first is the baseline.
+        min_expected_dice: flag (low_expected_dice) and leave out of the summary the pairs where either visit's
+            segmentation has an expected Dice below this (the `expected_dice` column that inference writes; a pair
+            without it is flagged too); 0 (default) keeps every pair and only reports `expected_dice_min`.
         overwrite: replace existing outputs (True/False).
 
     Returns:
@@ -505,7 +527,9 @@ def main(
         overwrite = as_bool(overwrite, "overwrite")
         order = _visit_list(visit_order)
         _check_outputs(measurements, output, markdown, overwrite)
-        rows = change_rows(read_measurements(measurements, scan_pattern), order)
+        if not isinstance(min_expected_dice, (int, float)) or not 0 <= min_expected_dice <= 1:
+            raise LongitudinalError(f"--min_expected_dice {min_expected_dice!r} must be a number from 0 to 1")
+        rows = change_rows(read_measurements(measurements, scan_pattern), order, float(min_expected_dice))
     except ValueError as err:  # LongitudinalError and as_bool's: one paragraph, not a traceback
         raise SystemExit(f"error: {err}") from None
     summary = summarise(rows)

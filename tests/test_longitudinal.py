@@ -26,7 +26,9 @@ from scripts.quantify import CSV_COLUMNS, CompartmentRow, csv_text
 SPACING = (0.7, 0.3646, 0.3646)
 
 
-def _row(scan, compartment, volume, mean, median=None, laterality="right", voxel="0.7x0.3646x0.3646", flags=""):
+def _row(
+    scan, compartment, volume, mean, median=None, laterality="right", voxel="0.7x0.3646x0.3646", flags="", dice=""
+):
     return CompartmentRow(
         scan=scan,
         compartment=compartment,
@@ -44,6 +46,7 @@ def _row(scan, compartment, volume, mean, median=None, laterality="right", voxel
         voxel_size_mm=voxel,
         ml_split="",
         flags=flags,
+        expected_dice=dice,
     )
 
 
@@ -236,3 +239,34 @@ def test_cli_from_quantify_csv_to_change_with_known_thinning(tmp_path):
     with pytest.raises(SystemExit, match="'overwrite' is a switch"):
         main(str(measured), output=str(out), overwrite="maybe")
     main(str(measured), output=str(out), overwrite=True)  # an explicit overwrite replaces it
+
+
+def test_expected_dice_of_predictions_is_carried_and_can_gate_the_summary(tmp_path):
+    """inference's measurements.csv has an expected Dice per row: the pair keeps the lower one, and
+    --min_expected_dice leaves out pairs with a doubtful segmentation (or none to judge by)."""
+    rows = [
+        _row("a_00m", "femoral", 1000.0, 2.0, dice="0.9100"),
+        _row("a_24m", "femoral", 900.0, 1.8, dice="0.8800"),
+        _row("b_00m", "femoral", 1000.0, 2.0, dice="0.9000"),
+        _row("b_24m", "femoral", 700.0, 1.4, dice="0.6200"),
+        _row("c_00m", "femoral", 1000.0, 2.0, dice="0.9000"),
+        _row("c_24m", "femoral", 950.0, 1.9),  # a manual label map: no expected Dice
+    ]
+    path = _csv(tmp_path, rows)
+    plain = {c.subject: c for c in change_rows(read_measurements([path]))}
+    assert plain["a"].expected_dice_min == pytest.approx(0.88)
+    assert plain["b"].expected_dice_min == pytest.approx(0.62)
+    assert math.isnan(plain["c"].expected_dice_min)
+    assert all(c.flags == "" for c in plain.values())
+    gated = {c.subject: c for c in change_rows(read_measurements([path]), min_expected_dice=0.8)}
+    assert (gated["a"].flags, gated["b"].flags, gated["c"].flags) == ("", "low_expected_dice", "low_expected_dice")
+    (summary,) = summarise(list(gated.values()))
+    assert (summary.n, summary.n_flagged) == (1, 2)
+    text = change_csv_text(list(plain.values()))
+    column = CHANGE_COLUMNS.index("expected_dice_min")
+    assert [line[column] for line in csv.reader(text.splitlines()[1:])] == ["0.8800", "0.6200", ""]
+    out = tmp_path / "change.csv"
+    with pytest.raises(SystemExit, match="--min_expected_dice 1.5 must be a number from 0 to 1"):
+        main(str(path), output=str(out), min_expected_dice=1.5)
+    main(str(path), output=str(out), min_expected_dice=0.8)
+    assert [r["flags"] for r in csv.DictReader(out.open())] == ["", "low_expected_dice", "low_expected_dice"]
