@@ -3,6 +3,7 @@ resume of a killed training, determinism, and the clear errors a user sees for a
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import shutil
@@ -224,6 +225,19 @@ def test_inference_writes_label_maps_in_input_geometry(phantoms, trained, tmp_pa
     rows = (out / "measurements.csv").read_text().splitlines()
     assert rows[0].startswith("scan,compartment,") and rows[0].endswith(",expected_dice") and len(rows) > 2
     assert all(0.0 <= float(row.rsplit(",", 1)[1]) <= 1.0 for row in rows[1:])  # every compartment has its class's
+    # the run's CSV feeds the change between visits: the two test phantoms (phantom_<n>) read as one subject's visits
+    from scripts.longitudinal import main as longitudinal
+
+    longitudinal(str(out / "measurements.csv"), output=str(tmp_path / "change.csv"))
+    measured = {(r["scan"], r["compartment"]): r for r in csv.DictReader((out / "measurements.csv").open())}
+    change = list(csv.DictReader((tmp_path / "change.csv").open()))
+    first, second = sorted(scan.name.removesuffix(".nii.gz") for scan in (phantoms / "imagesTs").glob("*.nii.gz"))
+    visits = ("phantom", first.split("_")[1], second.split("_")[1])
+    assert {(r["subject"], r["baseline_visit"], r["followup_visit"]) for r in change} == {visits}
+    for r in change:
+        base, follow = measured[(first, r["compartment"])], measured[(second, r["compartment"])]
+        assert float(r["volume_change_mm3"]) == pytest.approx(float(follow["volume_mm3"]) - float(base["volume_mm3"]))
+        assert float(r["expected_dice_min"]) == min(float(base["expected_dice"]), float(follow["expected_dice"]))
     again = bundle(
         "--dataset_dir", str(phantoms / "imagesTs"), "--ckpt_dir", str(trained / "models"), "--output_dir", str(out),
         *TINY_INFER, config="configs/inference.json", check=False,
