@@ -3,8 +3,8 @@
 Knee osteoarthritis studies are longitudinal: the endpoint is cartilage loss over months or years, per compartment.
 This module pairs each subject's follow-up visits with its baseline and writes one CSV row per subject, compartment
 and follow-up visit (volume and thickness at both visits and their change), then summarises the change per
-compartment as such studies report it: mean ± sd, range, how many knees thinned, and the standardised response mean
-(SRM = mean change / sd of change, the usual responsiveness figure for cartilage loss).
+compartment and follow-up visit as such studies report it: mean ± sd, range, how many knees thinned, and the
+standardised response mean (SRM = mean change / sd of change, the usual responsiveness figure for cartilage loss).
 
 Pairs are never formed silently from what cannot be compared: a pair whose knees differ in laterality, whose voxel
 sizes differ (another protocol: the change may be the protocol's), or where either visit's row carries a quantify flag
@@ -49,6 +49,7 @@ DEFAULT_SCAN_PATTERN = r"^(?P<subject>.+)_(?P<visit>[^_]+)$"
 _REQUIRED = ("scan", "compartment", "laterality", "volume_mm3", "thickness_mean_mm", "thickness_median_mm", "flags")
 _OPTIONAL = ("voxel_size_mm", "expected_dice")
 _PAIR_TABLE_COMPARTMENTS = ("femoral", "tibial")
+POOLED = "all"  # the follow-up "visit" of a summary over all follow-up visits
 
 
 class LongitudinalError(ValueError):
@@ -315,9 +316,10 @@ def change_rows(
 # ----------------------------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class CompartmentSummary:
-    """Change of one compartment over the usable pairs."""
+    """Change of one compartment at one follow-up visit (or at all, pooled) over the usable pairs."""
 
     compartment: str
+    followup_visit: str  # POOLED when the visits were pooled
     n: int
     n_flagged: int
     thickness_change_mean_mm: float
@@ -333,11 +335,21 @@ class CompartmentSummary:
     n_lost_volume: int
 
 
-def summarise(rows: Sequence[ChangeRow]) -> list[CompartmentSummary]:
-    """Per compartment (first-seen order): mean ± sd and range of the change over usable pairs; sd with ddof=1."""
+def summarise(
+    rows: Sequence[ChangeRow], pool_visits: bool = False, visit_key: Callable[[str], object] | None = None
+) -> list[CompartmentSummary]:
+    """Per compartment (first-seen order) and follow-up visit (in `visit_key` order, else first-seen): mean ± sd and
+    range of the change over usable pairs, sd with ddof=1. Changes over different intervals are not one quantity, so
+    each follow-up visit is summarised apart unless `pool_visits` (e.g. a cohort whose intervals differ per knee)."""
+    visits = list(dict.fromkeys(r.followup_visit for r in rows))
+    if visit_key is not None:
+        visits.sort(key=visit_key)
+    groups = [POOLED] if pool_visits else visits
     out = []
-    for compartment in dict.fromkeys(r.compartment for r in rows):
-        pairs = [r for r in rows if r.compartment == compartment]
+    for compartment, visit in ((c, v) for c in dict.fromkeys(r.compartment for r in rows) for v in groups):
+        pairs = [r for r in rows if r.compartment == compartment and visit in (POOLED, r.followup_visit)]
+        if not pairs:
+            continue
         usable = [r for r in pairs if r.usable]
         dt = np.array([r.thickness_mean_change_mm for r in usable], dtype=float)
         dv = np.array([r.volume_change_percent for r in usable], dtype=float)
@@ -346,6 +358,7 @@ def summarise(rows: Sequence[ChangeRow]) -> list[CompartmentSummary]:
         out.append(
             CompartmentSummary(
                 compartment=compartment,
+                followup_visit=visit,
                 n=len(usable),
                 n_flagged=len(pairs) - len(usable),
                 thickness_change_mean_mm=float(dt.mean()) if dt.size else math.nan,
@@ -392,9 +405,9 @@ def summary_markdown(rows: Sequence[ChangeRow], summary: Sequence[CompartmentSum
     lines = [
         "Change = follow-up - baseline over pairs without flags, mean ± sd [range]; SRM = mean / sd of the change.",
         "",
-        "| compartment | pairs | flagged | change in mean thickness (mm) | thinned | SRM | change in volume | "
-        "lost volume |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| compartment | follow-up | pairs | flagged | change in mean thickness (mm) | thinned | SRM | "
+        "change in volume | lost volume |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for s in summary:
         thickness = (
@@ -406,8 +419,8 @@ def summary_markdown(rows: Sequence[ChangeRow], summary: Sequence[CompartmentSum
             f"[{_signed(s.volume_change_min_percent, 1)}, {_signed(s.volume_change_max_percent, 1)}]"
         )
         lines.append(
-            f"| {s.compartment} | {s.n} | {s.n_flagged} | {thickness} | {s.n_thinned} / {s.n} | {s.srm:.2f} | "
-            f"{volume} | {s.n_lost_volume} / {s.n} |"
+            f"| {s.compartment} | {s.followup_visit} | {s.n} | {s.n_flagged} | {thickness} | {s.n_thinned} / {s.n} | "
+            f"{s.srm:.2f} | {volume} | {s.n_lost_volume} / {s.n} |"
         )
     lines += [
         "",
@@ -447,8 +460,9 @@ def summary_markdown(rows: Sequence[ChangeRow], summary: Sequence[CompartmentSum
 def _log_summary(summary: Sequence[CompartmentSummary]) -> None:
     for s in summary:
         logger.info(
-            "%-15s %2d pairs (%d flagged): thickness %s ± %.2f mm, %d thinned, SRM %.2f; volume %s ± %.1f %%",
+            "%-15s at %s: %2d pairs (%d flagged): thickness %s ± %.2f mm, %d thinned, SRM %.2f; volume %s ± %.1f %%",
             s.compartment,
+            s.followup_visit,
             s.n,
             s.n_flagged,
             _signed(s.thickness_change_mean_mm, 3),
@@ -494,15 +508,17 @@ def main(
     scan_pattern: str = DEFAULT_SCAN_PATTERN,
     visit_order: str | Sequence[str] | None = None,
     min_expected_dice: float = 0.0,
+    pool_visits: bool = False,
     overwrite: bool = False,
 ) -> str:
     """Cartilage change between visits: pair each subject's follow-ups with its baseline; write one CSV.
 
     One row per subject, compartment and follow-up visit (change = follow-up - baseline, units in the column names);
-    a summary per compartment (mean ± sd, range, knees thinned, SRM) is logged and, with --markdown, written as
-    Markdown tables. Pairs flagged laterality_differs, voxel_size_differs, or carrying a quantify flag from either
-    visit (baseline:..., followup:...) are in the CSV but not in the summary. Bad input stops the run before anything
-    is written (`error: ...`, exit code 1).
+    a summary per compartment and follow-up visit (mean ± sd, range, knees thinned, SRM; --pool_visits: over all
+    follow-ups) is logged and, with --markdown, written as Markdown tables. Pairs flagged laterality_differs,
+    voxel_size_differs, low_expected_dice, or carrying a quantify flag from either visit (baseline:..., followup:...)
+    are in the CSV but not in the summary. Bad input stops the run before anything is written (`error: ...`, exit
+    code 1).
 
     Args:
         measurements: CSV(s) written by `python -m scripts.quantify` (or the inference run's measurements.csv).
@@ -515,6 +531,8 @@ def main(
         min_expected_dice: flag (low_expected_dice) and leave out of the summary the pairs where either visit's
             segmentation has an expected Dice below this (the `expected_dice` column that inference writes; a pair
             without it is flagged too); 0 (default) keeps every pair and only reports `expected_dice_min`.
+        pool_visits: summarise all follow-up visits together (a cohort whose follow-up intervals differ per knee);
+            by default each follow-up visit is summarised apart.
         overwrite: replace existing outputs (True/False).
 
     Returns:
@@ -524,7 +542,7 @@ def main(
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     try:
-        overwrite = as_bool(overwrite, "overwrite")
+        overwrite, pool_visits = as_bool(overwrite, "overwrite"), as_bool(pool_visits, "pool_visits")
         order = _visit_list(visit_order)
         _check_outputs(measurements, output, markdown, overwrite)
         if not isinstance(min_expected_dice, (int, float)) or not 0 <= min_expected_dice <= 1:
@@ -532,7 +550,7 @@ def main(
         rows = change_rows(read_measurements(measurements, scan_pattern), order, float(min_expected_dice))
     except ValueError as err:  # LongitudinalError and as_bool's: one paragraph, not a traceback
         raise SystemExit(f"error: {err}") from None
-    summary = summarise(rows)
+    summary = summarise(rows, pool_visits, _visit_key(order))
     _log_summary(summary)
     atomic_write_text(output, change_csv_text(rows), overwrite)
     if markdown:

@@ -99,6 +99,28 @@ def test_every_followup_is_compared_with_the_first_visit_in_numeric_order(tmp_pa
     assert [round(c.thickness_mean_change_mm, 6) for c in changes] == [-0.1, -0.6]
 
 
+def test_each_followup_visit_is_summarised_apart_unless_pooled(tmp_path):
+    """Changes over 12 and 24 months are not one quantity: one summary per follow-up visit, in visit order."""
+    rows = [_row(f"s{i}_00m", "femoral", 1000.0, 2.0) for i in (1, 2)]
+    rows += [_row("s1_24m", "femoral", 900.0, 1.7), _row("s2_24m", "femoral", 950.0, 1.8)]
+    rows += [_row("s1_12m", "femoral", 960.0, 1.9), _row("s2_12m", "femoral", 1000.0, 2.0)]
+    changes = change_rows(read_measurements([_csv(tmp_path, rows)]))
+    by_visit = summarise(changes, visit_key=lambda v: int(v[:2]))
+    assert [(s.followup_visit, s.n) for s in by_visit] == [("12m", 2), ("24m", 2)]
+    assert [round(s.thickness_change_mean_mm, 6) for s in by_visit] == [-0.05, -0.25]
+    (pooled,) = summarise(changes, pool_visits=True)
+    assert (pooled.followup_visit, pooled.n) == ("all", 4)
+    assert pooled.thickness_change_mean_mm == pytest.approx(np.mean([-0.1, 0.0, -0.3, -0.2]))
+    out, md = tmp_path / "change.csv", tmp_path / "change.md"
+    main(str(tmp_path / "m.csv"), output=str(out), markdown=str(md))
+    assert [line.split(" | ")[1] for line in md.read_text().splitlines() if line.startswith("| femoral |")] == [
+        "12m",
+        "24m",
+    ]
+    main(str(tmp_path / "m.csv"), output=str(out), markdown=str(md), pool_visits=True, overwrite=True)
+    assert [line.split(" | ")[1] for line in md.read_text().splitlines() if line.startswith("| femoral |")] == ["all"]
+
+
 def test_visit_order_for_labels_without_numbers(tmp_path):
     rows = [_row("k_FU", "femoral", 900.0, 1.8), _row("k_BL", "femoral", 1000.0, 2.0)]
     path = _csv(tmp_path, rows)
@@ -131,7 +153,7 @@ def test_flagged_pairs_are_written_but_left_out_of_the_summary(tmp_path):
     assert summary.thickness_change_mean_mm == pytest.approx(-0.2)
     assert math.isnan(summary.srm)  # one pair has no spread
     table = summary_markdown(list(changes.values()), [summary])
-    assert "| femoral | 1 | 3 | -0.20 ± nan [-0.20, -0.20] | 1 / 1 |" in table
+    assert "| femoral | 24m | 1 | 3 | -0.20 ± nan [-0.20, -0.20] | 1 / 1 |" in table
     assert "femoral: laterality_differs" in table
 
 
