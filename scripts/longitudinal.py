@@ -45,9 +45,9 @@ logger = logging.getLogger(__name__)
 
 # <subject>_<visit>, split at the last underscore: 9014797_00m -> (9014797, 00m), knee_07_V01 -> (knee_07, V01)
 DEFAULT_SCAN_PATTERN = r"^(?P<subject>.+)_(?P<visit>[^_]+)$"
-# the quantify columns this module reads; the others may be absent (e.g. a CSV trimmed in a spreadsheet)
+# the quantify columns this module needs; voxel_size_mm and expected_dice are used where present, the others may be
+# absent (e.g. a CSV trimmed in a spreadsheet)
 _REQUIRED = ("scan", "compartment", "laterality", "volume_mm3", "thickness_mean_mm", "thickness_median_mm", "flags")
-_OPTIONAL = ("voxel_size_mm", "expected_dice")
 _PAIR_TABLE_COMPARTMENTS = ("femoral", "tibial")
 POOLED = "all"  # the follow-up "visit" of a summary over all follow-up visits
 
