@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from scripts.io_utils import atomic_write_text, check_writable_target
+from scripts.quantify import csv_cell
 
 __all__ = [
     "CHANGE_COLUMNS",
@@ -377,12 +378,6 @@ def summarise(
     return out
 
 
-def _cell(value: object) -> str:
-    if isinstance(value, float):
-        return "nan" if math.isnan(value) else f"{value:.4f}"
-    return str(value)
-
-
 def change_csv_text(rows: Sequence[ChangeRow]) -> str:
     """The change CSV: units in the column names, one line per subject, compartment and follow-up visit."""
     buffer = io.StringIO()
@@ -390,7 +385,7 @@ def change_csv_text(rows: Sequence[ChangeRow]) -> str:
     writer.writerow(CHANGE_COLUMNS)
     empty_if_nan = CHANGE_COLUMNS.index("expected_dice_min")  # like quantify's expected_dice: empty when not known
     for r in rows:
-        cells = [_cell(v) for v in astuple(r)]
+        cells = [csv_cell(v) for v in astuple(r)]
         cells[empty_if_nan] = "" if cells[empty_if_nan] == "nan" else cells[empty_if_nan]
         writer.writerow(cells)
     return buffer.getvalue()

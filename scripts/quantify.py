@@ -49,6 +49,7 @@ from scripts.labels import LabelPreset, check_label_values, get_preset
 
 __all__ = [
     "CSV_COLUMNS",
+    "csv_cell",
     "CartilageReportd",
     "CompartmentRow",
     "LabelMapError",
@@ -788,7 +789,7 @@ def _laterality_from_plates(affine: np.ndarray, medial: np.ndarray, lateral: np.
 # ----------------------------------------------------------------------------------------------------------------------
 # outputs
 # ----------------------------------------------------------------------------------------------------------------------
-def _format(value: object) -> str:
+def csv_cell(value: object) -> str:
     """CSV cell: floats with 4 decimals (mm is plenty), NaN as 'nan' (always next to a flag that explains it)."""
     if isinstance(value, float):
         return "nan" if math.isnan(value) else f"{value:.4f}"
@@ -801,7 +802,7 @@ def csv_text(rows: Sequence[CompartmentRow]) -> str:
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(CSV_COLUMNS)
     for row in rows:
-        writer.writerow([_format(v) for v in asdict(row).values()])
+        writer.writerow([csv_cell(v) for v in asdict(row).values()])
     return buffer.getvalue()
 
 
