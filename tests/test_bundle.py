@@ -190,6 +190,26 @@ def test_inference_and_train_configs_agree(key):
     assert load_json(INFERENCE)[key] == load_json(TRAIN)[key]
 
 
+@pytest.mark.parametrize("override", [None, 0.0, 50.0])
+def test_small_pieces_are_removed_last_with_one_threshold_in_inference_and_evaluation(override):
+    """Evaluation must score what inference delivers: both chains end with the same clean-up and default."""
+    from scripts.components import RemoveSmallComponentsd
+
+    assert load_json(INFERENCE)["min_component_mm3"] == load_json(CONFIGS / "evaluate.json")["min_component_mm3"] > 0
+    for files, chain in (
+        ([INFERENCE], "postprocessing"),
+        ([TRAIN, CONFIGS / "evaluate.json"], "validate#postprocessing"),
+    ):
+        parser = ConfigParser()
+        parser.read_config([str(f) for f in files])
+        if override is not None:
+            parser["min_component_mm3"] = override
+        last = parser.get_parsed_content(chain).transforms[-1]
+        assert isinstance(last, RemoveSmallComponentsd) and last.keys == ("pred",)
+        expected = load_json(INFERENCE)["min_component_mm3"] if override is None else override
+        assert last.transform.min_volume_mm3 == expected
+
+
 def test_metadata_agrees_with_configs():
     pred = load_json(META)["network_data_format"]["outputs"]["pred"]
     assert pred["num_channels"] == load_json(TRAIN)["num_classes"]
