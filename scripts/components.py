@@ -26,6 +26,9 @@ from scipy import ndimage
 
 __all__ = ["remove_small_components", "RemoveSmallComponents", "RemoveSmallComponentsd"]
 
+#: the largest class value a label map may hold (uint8 label maps); more means the input is not a label map
+MAX_CLASS_VALUE = 255
+
 
 def _bounding_box(mask: np.ndarray) -> tuple[slice, ...] | None:
     """The smallest box holding every True voxel of `mask`, or None when there is none."""
@@ -91,11 +94,16 @@ def remove_small_components(
     min_voxels = min_volume_mm3 / float(np.prod(spacing))
     structure = ndimage.generate_binary_structure(spatial, connectivity)
 
-    array = img.detach().cpu().numpy() if isinstance(img, torch.Tensor) else np.asarray(img)  # a view, no copy
-    if shape[0] == 1:  # a label map: one pass per class value present (argmax output: 0..C-1)
+    array = img.detach().cpu().numpy() if isinstance(img, torch.Tensor) else np.asarray(img)  # CPU: a view
+    if shape[0] == 1:  # a label map: one pass per class value (argmax output: 0..C-1)
         top = int(array.max())
+        if top > MAX_CLASS_VALUE:
+            raise ValueError(
+                f"expected a label map of class values (0..{MAX_CLASS_VALUE}), got values up to {array.max()}: "
+                "an image or probabilities? place this after AsDiscreted(argmax=True)"
+            )
         removals = [(None, _small_pieces(array[0] == value, min_voxels, structure)) for value in range(1, top + 1)]
-    else:  # one-hot (or probabilities): the voxels each channel wins
+    else:  # one-hot: the voxels each channel holds
         winners = array.argmax(axis=0)
         removals = [
             (c, _small_pieces((winners == c) & (array[c] > 0), min_voxels, structure)) for c in range(1, shape[0])

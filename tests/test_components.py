@@ -88,6 +88,7 @@ def test_zero_threshold_is_identity_and_numpy_stays_numpy():
         (lambda: remove_small_components(_label_map(), 1.0, (1.0, 1.0)), "3 positive voxel sizes"),
         (lambda: remove_small_components(_label_map(), 1.0, SPACING, connectivity=4), "between 1 and 3"),
         (lambda: remove_small_components(torch.zeros(5), 1.0, SPACING), "channel-first"),
+        (lambda: remove_small_components(_label_map() * 1000, 1.0, SPACING), "expected a label map"),
     ],
 )
 def test_bad_input_gets_a_clear_error(call, message):
