@@ -9,8 +9,8 @@ as already-labelled objects (all voxels of class 1 form one "object"), so it onl
 on both, per class, with scipy, and takes the voxel volume from the image's own spacing.
 
 What a real knee has (the 48 OAI label maps in docs/results.md's data): femoral cartilage is one piece, tibial
-cartilage two (medial and lateral plateau, 968-3,930 mm^3 each); the other pieces of the manual labels are
-2 mm^3 or less. The default threshold of the configs (`min_component_mm3`) is far below any real compartment and
+cartilage two (medial and lateral plateau, 968-4,374 mm^3 each); the other pieces of the manual labels are
+6.9 mm^3 or less. The default threshold of the configs (`min_component_mm3`) is far below any real compartment and
 measured on the test set in docs/results.md ("Small stray pieces").
 """
 
@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from monai.config import KeysCollection
 from monai.transforms import MapTransform, Transform
+from monai.transforms.utils import generate_spatial_bounding_box
 from scipy import ndimage
 
 __all__ = ["remove_small_components", "RemoveSmallComponents", "RemoveSmallComponentsd"]
@@ -30,33 +31,29 @@ __all__ = ["remove_small_components", "RemoveSmallComponents", "RemoveSmallCompo
 MAX_CLASS_VALUE = 255
 
 
-def _bounding_box(mask: np.ndarray) -> tuple[slice, ...] | None:
-    """The smallest box holding every True voxel of `mask`, or None when there is none."""
-    box = []
-    for axis in range(mask.ndim):
-        hits = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
-        if hits.size == 0:
-            return None
-        box.append(slice(int(hits[0]), int(hits[-1]) + 1))
-    return tuple(box)
-
-
 def _small_pieces(mask: np.ndarray, min_voxels: float, structure: np.ndarray) -> np.ndarray:
     """Boolean mask of the connected components of `mask` with fewer than `min_voxels` voxels.
 
-    Labels only the class's bounding box (cartilage fills a small part of a knee scan: 3-5x less work for a
-    160 x 384 x 384 scan).
+    Labels only the class's bounding box: cartilage fills a small part of a knee scan (femoral cartilage of a
+    160 x 384 x 384 OAI map: 0.04 s against 0.29 s for the whole volume on 2 CPU cores).
     """
     small_mask = np.zeros(mask.shape, dtype=bool)
-    box = _bounding_box(mask)
-    if box is None:
+    if not mask.any():
         return small_mask
+    start, end = generate_spatial_bounding_box(mask[None], select_fn=lambda x: x)
+    box = tuple(slice(int(s), int(e)) for s, e in zip(start, end))
     labelled, count = ndimage.label(mask[box], structure=structure)
     sizes = np.bincount(labelled.ravel(), minlength=count + 1)
     small = sizes < min_voxels
     small[0] = False  # the background of this class is not a piece
     small_mask[box] = small[labelled]
     return small_mask
+
+
+def _check_threshold(min_volume_mm3: float) -> float:
+    if min_volume_mm3 < 0:
+        raise ValueError(f"min_volume_mm3 must be >= 0 (0 turns the filter off), got {min_volume_mm3}")
+    return float(min_volume_mm3)
 
 
 def remove_small_components(
@@ -78,8 +75,7 @@ def remove_small_components(
     Returns the same type, shape and dtype (a MetaTensor keeps its metadata); the input itself, not a copy, when
     nothing is removed. A label map's classes are the integers 1..max (other values are left as they are).
     """
-    if min_volume_mm3 < 0:
-        raise ValueError(f"min_volume_mm3 must be >= 0 (0 turns the filter off), got {min_volume_mm3}")
+    min_volume_mm3 = _check_threshold(min_volume_mm3)
     shape = tuple(img.shape)
     if len(shape) < 2:
         raise ValueError(f"expected a channel-first map (C x spatial), got shape {shape}")
@@ -104,10 +100,7 @@ def remove_small_components(
             )
         removals = [(None, _small_pieces(array[0] == value, min_voxels, structure)) for value in range(1, top + 1)]
     else:  # one-hot: the voxels each channel holds
-        winners = array.argmax(axis=0)
-        removals = [
-            (c, _small_pieces((winners == c) & (array[c] > 0), min_voxels, structure)) for c in range(1, shape[0])
-        ]
+        removals = [(c, _small_pieces(array[c] > 0, min_voxels, structure)) for c in range(1, shape[0])]
     removals = [(c, small) for c, small in removals if small.any()]
     if not removals:
         return img  # nothing to remove: no copy of a full-size volume
@@ -136,9 +129,7 @@ class RemoveSmallComponents(Transform):
     """`remove_small_components` as a transform; the spacing comes from the MetaTensor unless given."""
 
     def __init__(self, min_volume_mm3: float, spacing: Sequence[float] | None = None, connectivity: int = 3) -> None:
-        if min_volume_mm3 < 0:
-            raise ValueError(f"min_volume_mm3 must be >= 0 (0 turns the filter off), got {min_volume_mm3}")
-        self.min_volume_mm3 = float(min_volume_mm3)
+        self.min_volume_mm3 = _check_threshold(min_volume_mm3)  # at config parsing, not at the first scan
         self.spacing = None if spacing is None else [float(s) for s in spacing]
         self.connectivity = connectivity
 
