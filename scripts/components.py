@@ -31,23 +31,31 @@ __all__ = ["remove_small_components", "RemoveSmallComponents", "RemoveSmallCompo
 MAX_CLASS_VALUE = 255
 
 
-def _small_pieces(mask: np.ndarray, min_voxels: float, structure: np.ndarray) -> np.ndarray:
-    """Boolean mask of the connected components of `mask` with fewer than `min_voxels` voxels.
+Piece = tuple[tuple[slice, ...], np.ndarray]  # a region of the volume and the piece's voxels within it
+
+
+def _small_pieces(mask: np.ndarray, min_voxels: float, structure: np.ndarray) -> list[Piece]:
+    """The connected components of `mask` with fewer than `min_voxels` voxels, each as (region, voxels in it).
 
     Labels only the class's bounding box: cartilage fills a small part of a knee scan (femoral cartilage of a
-    160 x 384 x 384 OAI map: 0.04 s against 0.29 s for the whole volume on 2 CPU cores).
+    160 x 384 x 384 OAI map: 0.04 s against 0.29 s for the whole volume on 2 CPU cores). Returns each small piece
+    in its own small region rather than a full-size mask: a stray voxel far from the joint widens the box to the
+    whole scan, and a full-size mask of it would cost more than the labelling.
     """
-    small_mask = np.zeros(mask.shape, dtype=bool)
     if not mask.any():
-        return small_mask
+        return []
     start, end = generate_spatial_bounding_box(mask[None], select_fn=lambda x: x)
     box = tuple(slice(int(s), int(e)) for s, e in zip(start, end))
     labelled, count = ndimage.label(mask[box], structure=structure)
-    sizes = np.bincount(labelled.ravel(), minlength=count + 1)
-    small = sizes < min_voxels
-    small[0] = False  # the background of this class is not a piece
-    small_mask[box] = small[labelled]
-    return small_mask
+    pieces = []
+    for index, region in enumerate(ndimage.find_objects(labelled, max_label=count), start=1):
+        if region is None:
+            continue
+        voxels = labelled[region] == index  # counted in the piece's own region: cheaper than a full bincount
+        if np.count_nonzero(voxels) < min_voxels:
+            offset = tuple(slice(b.start + r.start, b.start + r.stop) for b, r in zip(box, region))
+            pieces.append((offset, voxels))
+    return pieces
 
 
 def _check_threshold(min_volume_mm3: float) -> float:
@@ -101,18 +109,19 @@ def remove_small_components(
         removals = [(None, _small_pieces(array[0] == value, min_voxels, structure)) for value in range(1, top + 1)]
     else:  # one-hot: the voxels each channel holds
         removals = [(c, _small_pieces(array[c] > 0, min_voxels, structure)) for c in range(1, shape[0])]
-    removals = [(c, small) for c, small in removals if small.any()]
+    removals = [(c, pieces) for c, pieces in removals if pieces]
     if not removals:
         return img  # nothing to remove: no copy of a full-size volume
     is_tensor = isinstance(img, torch.Tensor)
     out = img.clone() if is_tensor else array.copy()
-    for c, small in removals:
-        where = torch.as_tensor(small, device=out.device) if is_tensor else small
-        if c is None:
-            out[0][where] = 0
-        else:
-            out[c][where] = 0
-            out[0][where] = 1
+    for c, pieces in removals:
+        for region, voxels in pieces:
+            where = torch.as_tensor(voxels, device=out.device) if is_tensor else voxels
+            if c is None:
+                out[0][region][where] = 0
+            else:
+                out[c][region][where] = 0
+                out[0][region][where] = 1
     return out
 
 

@@ -94,3 +94,36 @@ def test_zero_threshold_is_identity_and_numpy_stays_numpy():
 def test_bad_input_gets_a_clear_error(call, message):
     with pytest.raises(ValueError, match=message):
         call()
+
+
+def _reference(lab: np.ndarray, min_voxels: float) -> np.ndarray:
+    """Brute force: label each class over the whole volume, drop the pieces below `min_voxels`."""
+    from scipy import ndimage
+
+    out = lab.copy()
+    for value in range(1, int(lab.max()) + 1):
+        labelled, _ = ndimage.label(lab[0] == value, structure=np.ones((3, 3, 3), bool))
+        sizes = np.bincount(labelled.ravel())
+        small = sizes < min_voxels
+        small[0] = False
+        out[0][small[labelled]] = 0
+    return out
+
+
+def test_a_small_piece_inside_a_large_piece_box_goes_alone():
+    lab = np.zeros((1, 12, 12, 12), np.uint8)
+    lab[0, 1:10, 1:3, 1:10] = 1  # an L: a floor ...
+    lab[0, 1:10, 1:10, 1:3] = 1  # ... and a wall; their box holds the empty corner below
+    lab[0, 5, 7, 7] = 1  # a single voxel inside the L's box, touching nothing
+    out = remove_small_components(lab, 2.0, (1, 1, 1))
+    assert out[0, 5, 7, 7] == 0
+    assert int(out.sum()) == int(lab.sum()) - 1, "voxels of the large piece in the small piece's region were removed"
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_matches_a_whole_volume_brute_force_on_random_maps(seed):
+    rng = np.random.default_rng(seed)
+    lab = (rng.random((1, 16, 18, 20)) < 0.12).astype(np.uint8) * rng.integers(1, 4, (1, 16, 18, 20)).astype(np.uint8)
+    lab[0, 3:9, 4:12, 5:15] = 2  # one large piece among the random specks
+    for min_voxels in (2, 5, 40):
+        np.testing.assert_array_equal(remove_small_components(lab, min_voxels, (1, 1, 1)), _reference(lab, min_voxels))
