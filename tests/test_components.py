@@ -127,3 +127,25 @@ def test_matches_a_whole_volume_brute_force_on_random_maps(seed):
     lab[0, 3:9, 4:12, 5:15] = 2  # one large piece among the random specks
     for min_voxels in (2, 5, 40):
         np.testing.assert_array_equal(remove_small_components(lab, min_voxels, (1, 1, 1)), _reference(lab, min_voxels))
+
+
+def test_speed_experiment_times_maps_and_checks_what_it_removes(tmp_path, capsys):
+    import json
+
+    import nibabel as nib
+
+    from scripts.experiments.components_speed import main
+
+    for i in range(2):
+        lab = np.zeros((24, 40, 40), np.uint8)
+        lab[4:12, 5:30, 5:30] = 1
+        lab[14:18, 5:30, 5:30] = 2
+        lab[20, 35, 35] = 2  # the map's own tiny piece, removed as well
+        nib.save(nib.Nifti1Image(lab, np.diag([0.7, 0.3646, 0.3646, 1.0])), str(tmp_path / f"case{i}.nii.gz"))
+    main(str(tmp_path), preset="cartilage", every=1, strays=3, repeats=1, output=str(tmp_path / "out.json"))
+    result = json.loads((tmp_path / "out.json").read_text())
+    assert [row["maps"] for row in result["rows"]] == [2, 2]
+    assert all(0 < row["median_s"] <= row["max_s"] for row in result["rows"])
+    assert "with 3 far strays" in capsys.readouterr().out
+    with pytest.raises(FileNotFoundError, match="no NIfTI label maps"):
+        main(str(tmp_path / "empty"))
