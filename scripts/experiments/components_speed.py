@@ -16,22 +16,22 @@ import platform
 import time
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import torch
+from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged
 
 from scripts.components import remove_small_components
 from scripts.io_utils import atomic_write_text
-from scripts.labels import get_preset
+from scripts.labels import RemapLabelsd
 
 
 def _class_map(path: Path, preset_name: str) -> tuple[np.ndarray, tuple[float, ...]]:
-    image = nib.load(str(path))
-    codes = np.asarray(image.dataobj)
-    out = np.zeros(codes.shape, np.uint8)
-    for code, cls in get_preset(preset_name).to_class.items():
-        out[codes == code] = cls
-    return out, tuple(float(s) for s in image.header.get_zooms()[:3])
+    """The map's training classes (0/1/2) through the bundle's own loading and preset remapping, and its spacing."""
+    load = Compose(
+        [LoadImaged("label", image_only=True), EnsureChannelFirstd("label"), RemapLabelsd("label", preset_name)]
+    )
+    label = load({"label": str(path)})["label"]
+    return np.asarray(label[0]), tuple(float(s) for s in label.pixdim.tolist())
 
 
 def _add_strays(label: np.ndarray, count: int, seed: int) -> np.ndarray:
