@@ -38,7 +38,8 @@ def _small_pieces(mask: np.ndarray, min_voxels: float, structure: np.ndarray) ->
     """The connected components of `mask` with fewer than `min_voxels` voxels, each as (region, voxels in it).
 
     Labels only the class's bounding box: cartilage fills a small part of a knee scan (femoral cartilage of a
-    160 x 384 x 384 OAI map: 0.04 s against 0.29 s for the whole volume on 2 CPU cores). Returns each small piece
+    160 x 384 x 384 OAI map: scipy's labelling takes 0.02 s in its box against 0.30 s over the whole volume, median
+    over 8 of the real maps on 2 CPU cores). Returns each small piece
     in its own small region rather than a full-size mask: a stray voxel far from the joint widens the box to the
     whole scan, and a full-size mask of it would cost more than the labelling.
     """
