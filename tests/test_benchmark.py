@@ -1,4 +1,5 @@
-"""scripts/benchmark.py in --quick mode on CPU: it runs, writes JSON of the right structure, and its values are sane.
+"""`python -m scripts.benchmark` in --quick mode on CPU: it runs, writes JSON of the right structure, and its values
+are sane.
 
 No timing thresholds here (speed is proved by the benchmark itself on the target device, not by a timed test).
 """
@@ -276,7 +277,7 @@ def test_recorded_command_keeps_no_machine_path(tmp_path):
 
 def test_inductor_environment_is_recorded(monkeypatch):
     """Inductor settings given by environment variables change compiled timings without showing in the command."""
-    from scripts.benchmark import _environment
+    from scripts.benchmark.plan import _environment
 
     for key in [k for k in os.environ if k.startswith("TORCHINDUCTOR_")]:
         monkeypatch.delenv(key)
