@@ -23,13 +23,12 @@ from scripts.quantify import (
     CartilageReportd,
     csv_text,
     infer_laterality,
-    local_thickness,
     main,
     measure_file,
     measure_label_map,
     split_plates,
-    weighted_quantile,
 )
+from scripts.thickness import local_thickness, weighted_quantile
 
 SPACINGS = [(0.7, 0.3646, 0.3646), (1.5, 0.3125, 0.3125)]
 REPO_ROOT = Path(__file__).resolve().parents[1]
