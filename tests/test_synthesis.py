@@ -1,4 +1,4 @@
-"""Tests of label -> MR-like image synthesis (scripts/synthesis.py): contract, reproducibility, no label leak."""
+"""Tests of label -> MR-like image synthesis (scripts/synthesis/): contract, reproducibility, no label leak."""
 
 from __future__ import annotations
 
