@@ -5,4 +5,4 @@ import fire
 from scripts.benchmark.runner import run
 
 if __name__ == "__main__":
-    fire.Fire(run, serialize=lambda _: None)
+    fire.Fire(run, name="scripts.benchmark", serialize=lambda _: None)

@@ -5,4 +5,4 @@ import fire
 from scripts.phantom.dataset import main
 
 if __name__ == "__main__":
-    fire.Fire(main)
+    fire.Fire(main, name="scripts.phantom")

@@ -5,4 +5,4 @@ import fire
 from scripts.quantify.cli import main
 
 if __name__ == "__main__":
-    fire.Fire(main)
+    fire.Fire(main, name="scripts.quantify")
