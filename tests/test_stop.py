@@ -107,7 +107,7 @@ def test_negative_settings_are_refused(kwargs):
 def _choose(rank: int, init_file: str, reasons: list[str], out_dir: str) -> None:
     import torch.distributed as dist
 
-    from scripts.handlers import _rank_zero_choice
+    from scripts.handlers.stopping import _rank_zero_choice
 
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=len(reasons))
     try:
