@@ -296,9 +296,9 @@ def seeds(
     output: str | None = None,
 ) -> str:
     """Markdown: each model's test scores per seed, their mean and range, and the reference model paired per test
-    volume against every other model over all seeds (how often it is lower, by how much on average), and per
-    subject, the independent unit (visits and seeds of one subject averaged), with a sign-flip test's p
-    (`sign_flip_p`): volumes of one subject and seeds on one test set are not independent samples.
+    volume against every other model over all seeds (how often it is lower, by how much on average and at the
+    extremes), and per subject, the independent unit (visits and seeds of one subject averaged), with a sign-flip
+    test's p (`sign_flip_p`): volumes of one subject and seeds on one test set are not independent samples.
 
     Args:
         seed_dirs: one folder per seed (a `real_anatomy.sh` OUT_DIR), each with one sub-folder per model.
@@ -338,8 +338,9 @@ def seeds(
     rows += [
         "",
         f"| structure | {ref} against | volumes where {ref} is lower | mean difference/points |"
+        " range over volumes/points |"
         f" per seed ({per_seed}) | subjects where {ref} is lower | p (sign-flip over subjects; smallest possible) |",
-        "|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for structure in STRUCTURES:
         for m in keys:
@@ -360,6 +361,7 @@ def seeds(
             p, smallest = sign_flip_p(subjects), min(1.0, 2 / 2 ** len(subjects))
             rows.append(
                 f"| {structure} | {labels[m]} | {sum(d < 0 for d in flat)} of {len(flat)} | {np.mean(flat):+.2f} |"
+                f" {min(flat):+.2f} to {max(flat):+.2f} |"
                 f" {' / '.join(f'{np.mean(ds):+.2f}' for ds in diffs_by_seed)} |"
                 f" {sum(d < 0 for d in subjects)} of {len(subjects)} | {_p_text(p)} ({_p_text(smallest)}) |"
             )

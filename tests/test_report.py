@@ -104,13 +104,14 @@ def test_seeds_means_ranges_and_paired_differences(tmp_path):
     assert eas[8:10] == ["2.00 / 2.00", "2.00"]  # HD95 per seed and mean
     paired = next(r for r in lines if r.startswith("| femoral cartilage | U-Net | 3 of"))
     femoral = [c.strip() for c in paired.split("|")]
-    # differences in points: -10, +10 (seed a), -2, -6 (seed b): 3 of 4 lower, mean -2, per seed 0 / -4
-    assert femoral[3:6] == ["3 of 4", "-2.00", "+0.00 / -4.00"]
+    # differences in points: -10, +10 (seed a), -2, -6 (seed b): 3 of 4 lower, mean -2, from -10 to +10 over the
+    # volumes, per seed 0 / -4
+    assert femoral[3:7] == ["3 of 4", "-2.00", "-10.00 to +10.00", "+0.00 / -4.00"]
     # per subject (each case its own here): c1 (-10 - 2) / 2 = -6, c2 (10 - 6) / 2 = +2; all four sign patterns
     # of (6, 2) reach |mean| 2: p = 1; with 2 subjects no p can be below 2 / 2^2 = 0.5
-    assert femoral[6:8] == ["1 of 2", "1.000 (0.500)"]
+    assert femoral[7:9] == ["1 of 2", "1.000 (0.500)"]
     tibial = next(r for r in lines if r.startswith("| tibial cartilage | U-Net |") and " of 4 " in r)
-    assert "| 0 of 4 | +5.00 | +5.00 / +5.00 | 0 of 2 | 0.500 (0.500) |" in tibial
+    assert "| 0 of 4 | +5.00 | +5.00 to +5.00 | +5.00 / +5.00 | 0 of 2 | 0.500 (0.500) |" in tibial
 
 
 def test_seeds_pairs_the_visits_of_one_subject_as_one_unit(tmp_path):
