@@ -38,7 +38,7 @@ def _summary(dice: float) -> list[dict]:
 
 def test_per_epoch_means_iterations_of_each_epoch():
     values = [(1, 1.0), (2, 3.0), (3, 5.0), (4, 7.0), (5, 9.0)]  # 2 iterations per epoch, 1-based steps
-    epochs, means = report._per_epoch(values, iterations_per_epoch=2)
+    epochs, means = report.logs._per_epoch(values, iterations_per_epoch=2)
     assert epochs.tolist() == [1, 2, 3]
     assert means.tolist() == [2.0, 6.0, 9.0]
 
@@ -144,7 +144,7 @@ def test_sign_flip_p_many_units_and_no_units():
     assert report.sign_flip_p([1.0, -1.0] * 11) == 1.0
     sampled = report.sign_flip_p([1.0] * 30, draws=999)  # beyond 24: estimated, and never 0
     assert sampled == 1 / 1000
-    assert report._p_text(2 / 2**24) == "1.2e-07" and report._p_text(0.125) == "0.125"
+    assert report.stats._p_text(2 / 2**24) == "1.2e-07" and report.stats._p_text(0.125) == "0.125"
     with pytest.raises(ValueError, match="no paired differences"):
         report.sign_flip_p([])
 
@@ -191,7 +191,7 @@ def test_read_scalars_of_a_resumed_run_keeps_the_later_values(tmp_path):
         writer.close()
     files = sorted(logs.glob("events.out.tfevents.*"))
     assert len(files) == 2
-    early, late = sorted(files, key=report._event_file_time)
+    early, late = sorted(files, key=report.logs._event_file_time)
     stamp = early.name.split(".")[3]
     early.rename(logs / early.name.replace(stamp, str(int(stamp) - 100), 1))  # its write time: 100 s before
     scalars = report.read_scalars(logs)
