@@ -320,3 +320,26 @@ def test_read_log_scalars_bad_input_names_the_file(tmp_path):
         report.read_log_scalars(mixed)
     with pytest.raises(FileNotFoundError, match="no train.*log"):
         report.curves(str(tmp_path), output=str(tmp_path / "c.png"))
+
+
+def test_progress_logger_reads_a_loss_that_still_carries_its_graph(caplog):
+    """MONAI's SupervisedTrainer puts the loss tensor, graph attached, in engine.state.output: the progress line
+    logs its value without torch's "requires_grad ... to a scalar" warning."""
+    import logging
+    import warnings
+
+    import torch
+    from ignite.engine import Engine
+
+    from scripts.handlers import ProgressLogger
+
+    weight = torch.tensor(2.0, requires_grad=True)
+    engine = Engine(lambda e, b: {"loss": weight * 1.5})
+    ProgressLogger(iteration_interval=1).attach(engine)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with caplog.at_level(logging.INFO, logger="progress"):
+            engine.run(range(2), max_epochs=1)
+    lines = [r.getMessage() for r in caplog.records if r.name == "progress"]
+    assert "epoch 1 iteration 2/2 loss 3.0000" in lines
+    assert any(line.startswith("epoch 1/1 done in") and "loss 3.0000" in line for line in lines)

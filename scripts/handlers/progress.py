@@ -57,6 +57,8 @@ class ProgressLogger:
         if isinstance(output, list) and output:
             output = output[0]
         loss = output.get("loss") if isinstance(output, Mapping) else None
+        if isinstance(loss, torch.Tensor):
+            loss = loss.detach()  # the trainer keeps the graph's loss; float() of it warns on every logged line
         return float(loss) if loss is not None else float("nan")
 
     def _lr(self, engine) -> float:
