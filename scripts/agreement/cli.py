@@ -1,0 +1,84 @@
+"""`python -m scripts.agreement AUTOMATED.csv REFERENCE.csv --output agreement.csv`: agreement of two measurement
+CSVs of the same scans."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+from scripts.agreement.pairs import AgreementError
+from scripts.agreement.report import write_agreement
+from scripts.agreement.stats import DEFAULT_MEASURES
+from scripts.io_utils import check_writable_target
+
+
+def _measure_list(measures: object) -> list[str]:
+    """--measures as column names: Fire hands over `a,b` as the tuple ('a', 'b') and `a` as the text 'a'."""
+    if isinstance(measures, str):
+        names = [m.strip() for m in measures.split(",") if m.strip()]
+    elif isinstance(measures, (list, tuple)):
+        names = [str(m).strip() for m in measures]
+    else:
+        raise AgreementError(f"--measures {measures!r}: give quantify column names, e.g. volume_mm3,thickness_mean_mm")
+    if not names:
+        raise AgreementError("--measures is empty: give quantify column names, e.g. volume_mm3,thickness_mean_mm")
+    return names
+
+
+def _check_outputs(inputs: Sequence[str], output: object, markdown: object, overwrite: bool) -> None:
+    if output is None:
+        raise AgreementError("--output is required: name the agreement CSV to write, e.g. --output agreement.csv")
+    targets = [Path(str(output))] + ([Path(str(markdown))] if markdown else [])
+    if len({t.resolve() for t in targets}) < len(targets):
+        raise AgreementError(f"--output and --markdown name the same file {output}")
+    own = {Path(str(p)).resolve() for p in inputs}
+    for target in targets:
+        if target.resolve() in own:
+            raise AgreementError(f"{target} is one of the input CSVs; write the agreement to another file")
+        try:
+            check_writable_target(target, overwrite)
+        except FileExistsError as e:
+            raise AgreementError(str(e)) from None
+
+
+def main(
+    automated: str,
+    reference: str,
+    output: str | None = None,
+    markdown: str | None = None,
+    measures: str | Sequence[str] = ",".join(DEFAULT_MEASURES),
+    common_only: bool = False,
+    overwrite: bool = False,
+) -> str:
+    """Agreement of automated cartilage measurements with reference ones, per compartment and measure.
+
+    Rows of the two CSVs are paired by scan and compartment; differences are automated - reference. Written: one CSV
+    row per compartment and measure (n, means, bias in the unit and in %, sd of the differences, 95 % limits of
+    agreement, mean and largest absolute difference, Pearson's r, Lin's CCC); with --markdown also the table and every
+    pair. Bad input stops before anything is written (`error: ...`, exit code 1).
+
+    Args:
+        automated: measurement CSV of the segmentations under test (python -m scripts.quantify, or an inference
+            run's measurements.csv).
+        reference: measurement CSV of the reference (e.g. manual) segmentations of the same scans.
+        output: the agreement CSV to write (required); an existing file is kept unless --overwrite True.
+        markdown: if set, also write the tables as Markdown there.
+        measures: quantify columns to compare, comma-separated.
+        common_only: compare the scans found in both CSVs; by default a scan in one CSV only is an error.
+        overwrite: replace existing outputs (True/False).
+
+    Returns:
+        The path of the CSV written.
+    """
+    from scripts.cli import as_bool
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    try:
+        overwrite, common_only = as_bool(overwrite, "overwrite"), as_bool(common_only, "common_only")
+        names = _measure_list(measures)
+        _check_outputs([automated, reference], output, markdown, overwrite)
+        written = write_agreement(automated, reference, str(output), markdown, names, common_only, overwrite)
+    except ValueError as err:  # AgreementError and as_bool's: one paragraph, not a traceback
+        raise SystemExit(f"error: {err}") from None
+    return str(written)

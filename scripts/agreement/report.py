@@ -1,0 +1,82 @@
+"""Writing the agreement report of two measurement CSVs, and the evaluation handler that does it after a test run."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+from scripts.agreement.outputs import agreement_csv_text, agreement_markdown
+from scripts.agreement.pairs import pair_measurements
+from scripts.agreement.stats import DEFAULT_MEASURES, agreement_rows
+from scripts.io_utils import atomic_write_text
+
+logger = logging.getLogger(__name__)
+
+
+def write_agreement(
+    automated: str | Path,
+    reference: str | Path,
+    output: str | Path,
+    markdown: str | Path | None = None,
+    measures: Sequence[str] = DEFAULT_MEASURES,
+    common_only: bool = False,
+    overwrite: bool = False,
+) -> Path:
+    """Pair the two CSVs, write the agreement CSV (and Markdown) atomically, log the summary; return the CSV path."""
+    pairs = pair_measurements(automated, reference, measures, common_only)
+    rows = agreement_rows(pairs, measures)
+    atomic_write_text(output, agreement_csv_text(rows), overwrite)
+    text = agreement_markdown(rows, pairs)
+    if markdown:
+        atomic_write_text(markdown, text, overwrite)
+    summary = text.split("\n\n| scan |")[0]  # the per-scan table stays in the files
+    logger.info(
+        "measurement agreement of %d scan(s) (%s against %s):\n%s",
+        len({p.scan for p in pairs}),
+        automated,
+        reference,
+        summary,
+    )
+    return Path(output)
+
+
+class AgreementReport:
+    """Evaluation handler: when the run completes, compare the measurements of the predictions with those of the
+    reference label maps (both written by `scripts.quantify.CartilageReportd` steps of the same run) and write
+    `agreement.csv` and `agreement.md` to `output_dir`.
+
+    Args:
+        output_dir: folder of the two CSVs and of the report.
+        automated_csv, reference_csv: file names of the two measurement CSVs in `output_dir`.
+        measures: quantify columns to compare.
+        enabled: attach nothing when False (config key `measure`).
+    """
+
+    def __init__(
+        self,
+        output_dir: str,
+        automated_csv: str = "measurements_predicted.csv",
+        reference_csv: str = "measurements_reference.csv",
+        measures: Sequence[str] = DEFAULT_MEASURES,
+        enabled: bool = True,
+    ) -> None:
+        self.output_dir = Path(output_dir)
+        self.automated_csv, self.reference_csv = automated_csv, reference_csv
+        self.measures, self.enabled = tuple(measures), bool(enabled)
+
+    def attach(self, engine) -> None:
+        from ignite.engine import Events
+
+        if self.enabled:
+            engine.add_event_handler(Events.COMPLETED, self.completed)
+
+    def completed(self, engine=None) -> None:
+        write_agreement(
+            self.output_dir / self.automated_csv,
+            self.output_dir / self.reference_csv,
+            self.output_dir / "agreement.csv",
+            self.output_dir / "agreement.md",
+            measures=self.measures,
+            overwrite=True,  # the run's own files: the run checked before it started (prepare_output_dir)
+        )
