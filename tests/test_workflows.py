@@ -210,6 +210,45 @@ def test_evaluate_writes_both_protocols(phantoms, trained):
     assert all(0.0 <= float(line.rsplit(",", 1)[1]) <= 1.0 for line in lines[1:])  # ExpectedDiced in the chain
 
 
+def test_evaluate_measures_predictions_and_references_and_their_agreement(phantoms, trained, tmp_path):
+    """--measure True: the cartilage of each prediction and of its reference label map is measured in the same run,
+    and agreement.csv compares them. The reference rows are those of python -m scripts.quantify on the label files
+    themselves (the label went through the preprocessing and Invertd unchanged); the bias is the mean difference of
+    the two CSVs."""
+    from scripts.quantify import measure_file
+
+    out = tmp_path / "eval"
+    args = [
+        "--dataset_dir", str(phantoms), "--ckpt_dir", str(trained / "models"), "--output_dir", str(out),
+        "--measure", "True", *TINY,
+    ]  # fmt: skip
+    bundle(*args, config=["configs/train.json", "configs/evaluate.json"], run_id="evaluating")
+    folder = out / "evaluation"
+    reference = {
+        (r["scan"], r["compartment"]): r for r in csv.DictReader((folder / "measurements_reference.csv").open())
+    }
+    predicted = {
+        (r["scan"], r["compartment"]): r for r in csv.DictReader((folder / "measurements_predicted.csv").open())
+    }
+    labels = sorted((phantoms / "labelsTs").glob("*.nii.gz"))
+    for label in labels:
+        _, truth = measure_file(label, label_preset="oai-zib")
+        for row in truth.rows:
+            ours = reference[(row.scan, row.compartment)]
+            assert float(ours["volume_mm3"]) == pytest.approx(row.volume_mm3, rel=1e-6)
+            assert ours["expected_dice"] == ""  # a reference has no expected Dice; the prediction rows do
+    assert {s for s, _ in predicted} == {s for s, _ in reference} == {p.name.removesuffix(".nii.gz") for p in labels}
+    agreement = {(r["compartment"], r["measure"]): r for r in csv.DictReader((folder / "agreement.csv").open())}
+    volume = agreement[("femoral", "volume_mm3")]
+    differences = [float(predicted[k]["volume_mm3"]) - float(reference[k]["volume_mm3"]) for k in reference
+                   if k[1] == "femoral"]  # fmt: skip
+    assert int(volume["n"]) == len(labels) == 2
+    assert float(volume["bias"]) == pytest.approx(sum(differences) / len(differences), rel=1e-4, abs=1e-3)
+    assert "| femoral | volume/mm³ | 2 |" in (folder / "agreement.md").read_text()
+    again = bundle(*args, config=["configs/train.json", "configs/evaluate.json"], run_id="evaluating", check=False)
+    assert again.returncode != 0 and "--overwrite True" in again.stderr  # the earlier report is kept
+
+
 def test_inference_writes_label_maps_in_input_geometry(phantoms, trained, tmp_path):
     out = tmp_path / "seg"
     bundle(
