@@ -208,6 +208,7 @@ def test_evaluate_writes_both_protocols(phantoms, trained):
         "case,protocol,class,dice,precision,recall,hd,hd95,assd,gt_voxels,pred_voxels,flags,expected_dice"
     )
     assert all(0.0 <= float(line.rsplit(",", 1)[1]) <= 1.0 for line in lines[1:])  # ExpectedDiced in the chain
+    assert not any(out.glob("measurements_*.csv")) and not (out / "agreement.csv").exists()  # measure: false
 
 
 def test_evaluate_measures_predictions_and_references_and_their_agreement(phantoms, trained, tmp_path):
