@@ -64,6 +64,13 @@ def _cache_rate(value: Any) -> str | None:
     return None if 0 <= value <= 1 else "takes a fraction from 0 to 1"
 
 
+def _agreement_measures(value: Any) -> str | None:
+    from scripts.agreement.report import MEASURE_COLUMNS
+
+    ok = isinstance(value, (list, tuple)) and value and all(m in MEASURE_COLUMNS for m in value)
+    return None if ok else f"takes a list of measurement columns among {', '.join(MEASURE_COLUMNS)}"
+
+
 def _device(value: Any) -> str | None:
     import torch
 
@@ -92,6 +99,7 @@ VALUE_RULES: dict[str, Callable[[Any], str | None]] = {
     "laterality": _laterality,
     "intensity_percentiles": _percentiles,
     "inplane_spacing": _inplane_spacing,
+    "agreement_measures": _agreement_measures,
     "device": _device,
 }
 

@@ -126,3 +126,19 @@ def test_command_line_writes_csv_and_markdown_and_keeps_existing_files(tmp_path)
         main(str(auto), str(ref))
     with pytest.raises(SystemExit, match=r"--measures is empty"):
         main(str(auto), str(ref), output=str(tmp_path / "x.csv"), measures=" , ")
+
+
+def test_evaluation_handler_refuses_unknown_measures_before_the_run(tmp_path):
+    """A typo in `agreement_measures` stops the evaluation when the config is built, not after every case is scored;
+    the column list is quantify's own."""
+    from dataclasses import fields
+
+    from scripts.agreement import AgreementReport
+    from scripts.agreement.report import MEASURE_COLUMNS
+    from scripts.quantify import CompartmentRow
+
+    numeric = {f.name for f in fields(CompartmentRow) if f.type in ("float", float)}
+    assert set(MEASURE_COLUMNS) == numeric
+    with pytest.raises(AgreementError, match=r"thickness_mean not among the measurement columns volume_mm3"):
+        AgreementReport(str(tmp_path), measures=["volume_mm3", "thickness_mean"])
+    AgreementReport(str(tmp_path), measures=["thickness_mean"], enabled=False)  # off: nothing to check

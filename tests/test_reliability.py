@@ -465,6 +465,12 @@ def test_override_values_checked_per_config():
     message = overrides("--laterality", "lft", config=str(INFERENCE))
     assert message is not None and "--laterality lft: 'laterality' is auto, left or right" in message
     assert overrides("--laterality", "Left", config=str(INFERENCE)) is None
+    evaluate = f"['{TRAIN}','{REPO / 'configs' / 'evaluate.json'}']"
+    measures = overrides("--measure", "True", "--agreement_measures", "['thickness_mean']", config=evaluate)
+    assert (
+        measures is not None and "'agreement_measures' takes a list of measurement columns among volume_mm3" in measures
+    )
+    assert overrides("--measure", "True", "--agreement_measures", "['thickness_p95_mm']", config=evaluate) is None
     cuda = overrides("--device", "cuda:0", config=str(INFERENCE))
     if torch.cuda.is_available():
         assert cuda is None

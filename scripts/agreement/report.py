@@ -7,11 +7,22 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from scripts.agreement.outputs import agreement_csv_text, agreement_markdown
-from scripts.agreement.pairs import pair_measurements
+from scripts.agreement.pairs import AgreementError, pair_measurements
 from scripts.agreement.stats import DEFAULT_MEASURES, agreement_rows
 from scripts.io_utils import atomic_write_text
 
 logger = logging.getLogger(__name__)
+
+# the numeric columns of quantify's CSV (scripts.quantify.CompartmentRow) that can be compared
+MEASURE_COLUMNS = (
+    "volume_mm3",
+    "surface_area_mm2",
+    "thickness_mean_mm",
+    "thickness_sd_mm",
+    "thickness_median_mm",
+    "thickness_p95_mm",
+    "thickness_max_mm",
+)
 
 
 def write_agreement(
@@ -64,6 +75,12 @@ class AgreementReport:
         self.output_dir = Path(output_dir)
         self.automated_csv, self.reference_csv = automated_csv, reference_csv
         self.measures, self.enabled = tuple(measures), bool(enabled)
+        unknown = [m for m in self.measures if m not in MEASURE_COLUMNS]
+        if self.enabled and (unknown or not self.measures):  # at config time, not after an hour of evaluation
+            raise AgreementError(
+                f"agreement_measures {list(self.measures)}: {', '.join(unknown) or 'none given'} not among the "
+                f"measurement columns {', '.join(MEASURE_COLUMNS)}"
+            )
 
     def attach(self, engine) -> None:
         from ignite.engine import Events
