@@ -97,12 +97,12 @@ def test_pairing_errors_name_the_file_and_the_scans(tmp_path):
     with pytest.raises(AgreementError, match=r"missing.csv: no such file"):
         pair_measurements(tmp_path / "missing.csv", ref, ["volume_mm3"])
     twice = write_csv(tmp_path / "twice.csv", ["k1,femoral,right,200,2,2,", "k1,femoral,right,201,2,2,"])
-    with pytest.raises(AgreementError, match=r"twice.csv: scan k1 has two femoral rows"):
+    with pytest.raises(AgreementError, match=r"twice.csv: k1 has two femoral rows"):
         pair_measurements(twice, ref, ["volume_mm3"])
     with pytest.raises(AgreementError, match=r"auto.csv: .*columns surface_area_mm2 are missing"):
         pair_measurements(auto, ref, ["surface_area_mm2"])
     bad = write_csv(tmp_path / "bad.csv", ["k1,femoral,right,lots,2,2,", "k2,femoral,right,200,2,2,"])
-    with pytest.raises(AgreementError, match=r"bad.csv \(scan k1, femoral\): column volume_mm3 holds 'lots'"):
+    with pytest.raises(AgreementError, match=r"bad.csv \(k1, femoral\): column volume_mm3 holds 'lots'"):
         pair_measurements(bad, ref, ["volume_mm3"])
     other = write_csv(tmp_path / "other.csv", ["k1,tibial,right,200,2,2,", "k2,tibial,right,200,2,2,"])
     with pytest.raises(AgreementError, match="share no scan and compartment"):
@@ -142,3 +142,45 @@ def test_evaluation_handler_refuses_unknown_measures_before_the_run(tmp_path):
     with pytest.raises(AgreementError, match=r"thickness_mean not among the measurement columns volume_mm3"):
         AgreementReport(str(tmp_path), measures=["volume_mm3", "thickness_mean"])
     AgreementReport(str(tmp_path), measures=["thickness_mean"], enabled=False)  # off: nothing to check
+
+
+def test_change_between_visits_is_compared_with_other_key_columns(tmp_path):
+    """The endpoint of a longitudinal study is change: scripts.longitudinal's change CSVs of the automated and of the
+    reference measurements, paired by subject, compartment and follow-up visit. Reference thinning -0.10 mm in both
+    knees; automated -0.15 and -0.05: bias 0, mean absolute difference 0.05 mm."""
+    from scripts.longitudinal import main as longitudinal
+
+    ref = write_csv(
+        tmp_path / "ref.csv",
+        [
+            "k1_00m,femoral,right,200,2.00,2.0,",
+            "k1_24m,femoral,right,190,1.90,1.9,",
+            "k2_00m,femoral,right,300,2.50,2.5,",
+            "k2_24m,femoral,right,285,2.40,2.4,",
+        ],
+    )
+    auto = write_csv(
+        tmp_path / "auto.csv",
+        [
+            "k1_00m,femoral,right,205,2.05,2.0,",
+            "k1_24m,femoral,right,190,1.90,1.9,",
+            "k2_00m,femoral,right,290,2.45,2.5,",
+            "k2_24m,femoral,right,280,2.40,2.4,",
+        ],
+    )
+    for name, source in (("ref", ref), ("auto", auto)):
+        longitudinal(str(source), output=str(tmp_path / f"change_{name}.csv"))
+    md = tmp_path / "agreement.md"
+    main(str(tmp_path / "change_auto.csv"), str(tmp_path / "change_ref.csv"), output=str(tmp_path / "agreement.csv"),
+         markdown=str(md), measures="thickness_mean_change_mm", keys="subject,compartment,followup_visit")  # fmt: skip
+    row = next(csv.DictReader((tmp_path / "agreement.csv").open()))
+    assert (row["compartment"], row["measure"], row["n"]) == ("femoral", "thickness_mean_change_mm", "2")
+    assert float(row["reference_mean"]) == pytest.approx(-0.10) and float(row["bias"]) == pytest.approx(0, abs=1e-9)
+    assert float(row["mean_abs_difference"]) == pytest.approx(0.05)
+    assert math.isnan(float(row["bias_percent"]))  # no percentage of a change, which can be 0 or of either sign
+    text = md.read_text()
+    assert "| femoral | change in mean thickness/mm | 2 | -0.100 | -0.100 | +0.000 | - |" in text
+    assert "| subject followup_visit | compartment |" in text and "| k1 24m | femoral |" in text
+    with pytest.raises(SystemExit, match=r"--keys subject,followup_visit: name the columns .* compartment among them"):
+        main(str(tmp_path / "change_auto.csv"), str(tmp_path / "change_ref.csv"), output=str(tmp_path / "x.csv"),
+             keys="subject,followup_visit")  # fmt: skip

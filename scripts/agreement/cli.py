@@ -7,22 +7,26 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-from scripts.agreement.pairs import AgreementError
+from scripts.agreement.pairs import DEFAULT_KEYS, AgreementError, check_keys
 from scripts.agreement.report import write_agreement
 from scripts.agreement.stats import DEFAULT_MEASURES
 from scripts.io_utils import check_writable_target
 
 
-def _measure_list(measures: object) -> list[str]:
-    """--measures as column names: Fire hands over `a,b` as the tuple ('a', 'b') and `a` as the text 'a'."""
-    if isinstance(measures, str):
-        names = [m.strip() for m in measures.split(",") if m.strip()]
-    elif isinstance(measures, (list, tuple)):
-        names = [str(m).strip() for m in measures]
+def _column_list(value: object, flag: str) -> list[str]:
+    """--measures / --keys as column names: Fire hands over `a,b` as the tuple ('a', 'b') and `a` as the text 'a'."""
+    if isinstance(value, str):
+        names = [m.strip() for m in value.split(",") if m.strip()]
+    elif isinstance(value, (list, tuple)):
+        names = [str(m).strip() for m in value]
     else:
-        raise AgreementError(f"--measures {measures!r}: give quantify column names, e.g. volume_mm3,thickness_mean_mm")
+        raise AgreementError(
+            f"{flag} {value!r}: give CSV column names, comma-separated (e.g. volume_mm3,thickness_mean_mm)"
+        )
     if not names:
-        raise AgreementError("--measures is empty: give quantify column names, e.g. volume_mm3,thickness_mean_mm")
+        raise AgreementError(
+            f"{flag} is empty: give CSV column names, comma-separated (e.g. volume_mm3,thickness_mean_mm)"
+        )
     return names
 
 
@@ -49,14 +53,15 @@ def main(
     markdown: str | None = None,
     measures: str | Sequence[str] = ",".join(DEFAULT_MEASURES),
     common_only: bool = False,
+    keys: str | Sequence[str] = ",".join(DEFAULT_KEYS),
     overwrite: bool = False,
 ) -> str:
     """Agreement of automated cartilage measurements with reference ones, per compartment and measure.
 
-    Rows of the two CSVs are paired by scan and compartment; differences are automated - reference. Written: one CSV
-    row per compartment and measure (n, means, bias in the unit and in %, sd of the differences, 95 % limits of
-    agreement, mean and largest absolute difference, Pearson's r, Lin's CCC); with --markdown also the table and every
-    pair. Bad input stops before anything is written (`error: ...`, exit code 1).
+    Rows of the two CSVs are paired by scan and compartment (or by --keys); differences are automated - reference.
+    Written: one CSV row per compartment and measure (n, means, bias in the unit and in %, sd of the differences,
+    95 % limits of agreement, mean and largest absolute difference, Pearson's r, Lin's CCC); with --markdown also
+    the table and every pair. Bad input stops before anything is written (`error: ...`, exit code 1).
 
     Args:
         automated: measurement CSV of the segmentations under test (python -m scripts.quantify, or an inference
@@ -66,6 +71,9 @@ def main(
         markdown: if set, also write the tables as Markdown there.
         measures: quantify columns to compare, comma-separated.
         common_only: compare the scans found in both CSVs; by default a scan in one CSV only is an error.
+        keys: the columns that identify a row, compartment among them: scan,compartment for quantify's CSVs;
+            subject,compartment,followup_visit to compare the change CSVs of python -m scripts.longitudinal (with
+            --measures thickness_mean_change_mm,volume_change_percent, ...).
         overwrite: replace existing outputs (True/False).
 
     Returns:
@@ -76,9 +84,12 @@ def main(
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     try:
         overwrite, common_only = as_bool(overwrite, "overwrite"), as_bool(common_only, "common_only")
-        names = _measure_list(measures)
+        names = _column_list(measures, "--measures")
+        key_columns = check_keys(_column_list(keys, "--keys"))
         _check_outputs([automated, reference], output, markdown, overwrite)
-        written = write_agreement(automated, reference, str(output), markdown, names, common_only, overwrite)
+        written = write_agreement(
+            automated, reference, str(output), markdown, names, common_only, overwrite, keys=key_columns
+        )
     except ValueError as err:  # AgreementError and as_bool's: one paragraph, not a traceback
         raise SystemExit(f"error: {err}") from None
     return str(written)

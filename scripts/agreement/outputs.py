@@ -23,6 +23,11 @@ _LABELS = {
     "thickness_p95_mm": ("95th-percentile thickness", "mm", 3),
     "thickness_max_mm": ("maximum thickness", "mm", 3),
     "thickness_sd_mm": ("thickness sd", "mm", 3),
+    # scripts.longitudinal's change CSV
+    "volume_change_mm3": ("change in volume", "mm³", 0),
+    "volume_change_percent": ("change in volume", "%", 1),
+    "thickness_mean_change_mm": ("change in mean thickness", "mm", 3),
+    "thickness_median_change_mm": ("change in median thickness", "mm", 3),
 }
 
 
@@ -47,8 +52,11 @@ def agreement_csv_text(rows: Sequence[AgreementRow]) -> str:
     return buffer.getvalue()
 
 
-def agreement_markdown(rows: Sequence[AgreementRow], pairs: Sequence[MeasurementPair] = ()) -> str:
-    """The summary table and, if `pairs` are given, a table of every scan and compartment."""
+def agreement_markdown(
+    rows: Sequence[AgreementRow], pairs: Sequence[MeasurementPair] = (), item_header: str = "scan"
+) -> str:
+    """The summary table and, if `pairs` are given, a table of every scan (`item_header`: the key columns other than
+    the compartment) and compartment."""
     lines = [
         "Automated - reference per scan, over the scans of each compartment: bias (mean difference) in the unit and in "
         "% of the reference, Bland-Altman 95 % limits of agreement (bias ± 1.96 sd), mean and largest absolute "
@@ -74,7 +82,7 @@ def agreement_markdown(rows: Sequence[AgreementRow], pairs: Sequence[Measurement
             f"{_label(m)[0]}/{_label(m)[1]} (reference / automated / difference)" if _label(m)[1] else m
             for m in measures
         )
-        lines += ["", f"| scan | compartment | {header} | flags (reference; automated) |"]
+        lines += ["", f"| {item_header} | compartment | {header} | flags (reference; automated) |"]
         lines.append("| --- | --- | " + "--- | " * len(measures) + "--- |")
         for p in pairs:
             cells = []

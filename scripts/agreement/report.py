@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from scripts.agreement.outputs import agreement_csv_text, agreement_markdown
-from scripts.agreement.pairs import AgreementError, pair_measurements
+from scripts.agreement.pairs import DEFAULT_KEYS, AgreementError, check_keys, pair_measurements
 from scripts.agreement.stats import DEFAULT_MEASURES, agreement_rows
 from scripts.io_utils import atomic_write_text
 
@@ -33,21 +33,22 @@ def write_agreement(
     measures: Sequence[str] = DEFAULT_MEASURES,
     common_only: bool = False,
     overwrite: bool = False,
+    keys: Sequence[str] = DEFAULT_KEYS,
 ) -> Path:
     """Pair the two CSVs, write the agreement CSV (and Markdown) atomically, log the summary; return the CSV path."""
-    pairs = pair_measurements(automated, reference, measures, common_only)
+    keys = check_keys(keys)
+    pairs = pair_measurements(automated, reference, measures, common_only, keys)
     rows = agreement_rows(pairs, measures)
     atomic_write_text(output, agreement_csv_text(rows), overwrite)
-    text = agreement_markdown(rows, pairs)
     if markdown:
-        atomic_write_text(markdown, text, overwrite)
-    summary = text.split("\n\n| scan |")[0]  # the per-scan table stays in the files
+        item_header = " ".join(k for k in keys if k != "compartment")
+        atomic_write_text(markdown, agreement_markdown(rows, pairs, item_header), overwrite)
     logger.info(
-        "measurement agreement of %d scan(s) (%s against %s):\n%s",
+        "measurement agreement over %d scan(s) or subject(s) (%s against %s):\n%s",
         len({p.scan for p in pairs}),
         automated,
         reference,
-        summary,
+        agreement_markdown(rows),  # the table of every pair stays in the files
     )
     return Path(output)
 

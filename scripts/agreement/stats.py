@@ -27,7 +27,7 @@ class AgreementRow:
     reference_mean: float
     automated_mean: float
     bias: float
-    bias_percent: float  # mean of 100 (a - r) / r over pairs with r > 0
+    bias_percent: float  # mean of 100 (a - r) / r; NaN unless every reference value is above 0
     sd_difference: float
     loa_lower: float  # bias - 1.96 sd: Bland-Altman 95 % limits of agreement
     loa_upper: float
@@ -52,8 +52,8 @@ def agreement_stats(automated: Sequence[float], reference: Sequence[float]) -> d
     d = a - r
     bias = float(d.mean())
     sd = float(d.std(ddof=1)) if n > 1 else nan
-    positive = r > 0
-    bias_percent = float((100 * d[positive] / r[positive]).mean()) if positive.any() else nan
+    # a percentage only of a quantity that is positive in every pair (a volume, a thickness), not of a change
+    bias_percent = float((100 * d / r).mean()) if bool((r > 0).all()) else nan
     pearson = nan
     if n >= 3 and a.std() > 0 and r.std() > 0:
         pearson = float(np.corrcoef(a, r)[0, 1])
