@@ -8,7 +8,7 @@ import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-__all__ = ["atomic_path", "atomic_write_text", "check_writable_target", "prepare_output_dir"]
+__all__ = ["atomic_path", "atomic_write_text", "check_report_outputs", "check_writable_target", "prepare_output_dir"]
 
 
 def check_writable_target(path: str | os.PathLike, overwrite: bool) -> Path:
@@ -17,6 +17,32 @@ def check_writable_target(path: str | os.PathLike, overwrite: bool) -> Path:
     if target.exists() and not overwrite:
         raise FileExistsError(f"{target} already exists; pass --overwrite True (config key `overwrite`) to replace it")
     return target
+
+
+def check_report_outputs(
+    inputs: Sequence[object],
+    output: object,
+    markdown: object,
+    overwrite: bool,
+    what: str,
+    error: type[ValueError] = ValueError,
+) -> None:
+    """Before a report command reads anything: `--output` given, `--markdown` another file, neither one of the input
+    CSVs (never written over, not even with overwrite), and neither an existing file unless `overwrite`; else `error`
+    with one sentence (`what` names the report, e.g. "change")."""
+    if output is None:
+        raise error(f"--output is required: name the {what} CSV to write, e.g. --output {what}.csv")
+    targets = [Path(str(output))] + ([Path(str(markdown))] if markdown else [])  # str(): Fire may hand over a number
+    if len({t.resolve() for t in targets}) < len(targets):
+        raise error(f"--output and --markdown name the same file {output}")
+    own = {Path(str(p)).resolve() for p in inputs}
+    for target in targets:
+        if target.resolve() in own:
+            raise error(f"{target} is one of the input CSVs; write the {what} to another file")
+        try:
+            check_writable_target(target, overwrite)
+        except FileExistsError as e:
+            raise error(str(e)) from None
 
 
 @contextlib.contextmanager

@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from pathlib import Path
 
 from scripts.agreement.pairs import DEFAULT_KEYS, AgreementError, check_keys
 from scripts.agreement.report import write_agreement
 from scripts.agreement.stats import DEFAULT_MEASURES
-from scripts.io_utils import check_writable_target
+from scripts.io_utils import check_report_outputs
 
 
 def _column_list(value: object, flag: str) -> list[str]:
@@ -28,22 +27,6 @@ def _column_list(value: object, flag: str) -> list[str]:
             f"{flag} is empty: give CSV column names, comma-separated (e.g. volume_mm3,thickness_mean_mm)"
         )
     return names
-
-
-def _check_outputs(inputs: Sequence[str], output: object, markdown: object, overwrite: bool) -> None:
-    if output is None:
-        raise AgreementError("--output is required: name the agreement CSV to write, e.g. --output agreement.csv")
-    targets = [Path(str(output))] + ([Path(str(markdown))] if markdown else [])
-    if len({t.resolve() for t in targets}) < len(targets):
-        raise AgreementError(f"--output and --markdown name the same file {output}")
-    own = {Path(str(p)).resolve() for p in inputs}
-    for target in targets:
-        if target.resolve() in own:
-            raise AgreementError(f"{target} is one of the input CSVs; write the agreement to another file")
-        try:
-            check_writable_target(target, overwrite)
-        except FileExistsError as e:
-            raise AgreementError(str(e)) from None
 
 
 def main(
@@ -86,7 +69,7 @@ def main(
         overwrite, common_only = as_bool(overwrite, "overwrite"), as_bool(common_only, "common_only")
         names = _column_list(measures, "--measures")
         key_columns = check_keys(_column_list(keys, "--keys"))
-        _check_outputs([automated, reference], output, markdown, overwrite)
+        check_report_outputs([automated, reference], output, markdown, overwrite, "agreement", AgreementError)
         written = write_agreement(
             automated, reference, str(output), markdown, names, common_only, overwrite, keys=key_columns
         )

@@ -3,12 +3,12 @@ columns, e.g. the change CSVs of `scripts.longitudinal` (by subject, compartment
 
 from __future__ import annotations
 
-import csv
-import io
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from scripts.csv_input import read_csv_rows
 
 DEFAULT_KEYS = ("scan", "compartment")  # quantify's CSV; scripts.longitudinal's: subject,compartment,followup_visit
 # every table groups by compartment, so it is a key column in any layout
@@ -62,23 +62,10 @@ def read_measurement_csv(
 ) -> dict[tuple[str, ...], dict[str, str]]:
     """Rows of one CSV keyed by the `keys` columns; an unreadable file, a missing column or a key found twice is an
     AgreementError naming the file."""
-    path = Path(path)
-    if not path.is_file():
-        raise AgreementError(f"{path}: no such file (a CSV written by python -m scripts.quantify --output ...)")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise AgreementError(f"{path}: cannot be read as a UTF-8 CSV ({type(e).__name__}: {e})") from None
-    reader = csv.DictReader(io.StringIO(text))
-    header = reader.fieldnames or []
-    missing = [c for c in (*keys, *measures) if c not in header]
-    if missing:
-        raise AgreementError(
-            f"{path}: not a measurement CSV with the keys and measures asked for, columns {', '.join(missing)} are "
-            f"missing (header: {', '.join(header) or 'none'})"
-        )
+    kind = "a measurement CSV with the keys and measures asked for"
+    table = read_csv_rows(path, (*keys, *measures), AgreementError, kind)
     rows: dict[tuple[str, ...], dict[str, str]] = {}
-    for row in reader:
+    for row in table:
         key = tuple(row[k] for k in keys)
         if key in rows:
             raise AgreementError(
@@ -86,8 +73,6 @@ def read_measurement_csv(
                 f"columns that tell the rows apart (--keys, now {','.join(keys)})"
             )
         rows[key] = row
-    if not rows:
-        raise AgreementError(f"{path}: no rows under the header, so nothing to compare")
     return rows
 
 

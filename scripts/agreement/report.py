@@ -5,24 +5,18 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from pathlib import Path
+from typing import get_type_hints
 
 from scripts.agreement.outputs import agreement_csv_text, agreement_markdown
 from scripts.agreement.pairs import DEFAULT_KEYS, AgreementError, check_keys, pair_measurements
 from scripts.agreement.stats import DEFAULT_MEASURES, agreement_rows
 from scripts.io_utils import atomic_write_text
+from scripts.quantify import CompartmentRow
 
 logger = logging.getLogger(__name__)
 
-# the numeric columns of quantify's CSV (scripts.quantify.CompartmentRow) that can be compared
-MEASURE_COLUMNS = (
-    "volume_mm3",
-    "surface_area_mm2",
-    "thickness_mean_mm",
-    "thickness_sd_mm",
-    "thickness_median_mm",
-    "thickness_p95_mm",
-    "thickness_max_mm",
-)
+# the columns of quantify's CSV that hold a measure (its float fields: volume, area, thickness) and can be compared
+MEASURE_COLUMNS = tuple(name for name, kind in get_type_hints(CompartmentRow).items() if kind is float)
 
 
 def write_agreement(

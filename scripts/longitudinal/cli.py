@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from pathlib import Path
 
-from scripts.io_utils import atomic_write_text, check_writable_target
+from scripts.io_utils import atomic_write_text, check_report_outputs
 from scripts.longitudinal.change import _visit_key, change_rows
 from scripts.longitudinal.outputs import _log_summary, change_csv_text, summary_markdown
 from scripts.longitudinal.read import DEFAULT_SCAN_PATTERN, read_measurements
@@ -25,22 +24,6 @@ def _visit_list(visit_order: object) -> list[str] | None:
     if isinstance(visit_order, (list, tuple)):
         return [str(v).strip() for v in visit_order]
     return [str(visit_order)]
-
-
-def _check_outputs(inputs: Sequence[str], output: str | None, markdown: str | None, overwrite: bool) -> None:
-    if output is None:
-        raise LongitudinalError("--output is required: name the change CSV to write, e.g. --output change.csv")
-    targets = [Path(output)] + ([Path(markdown)] if markdown else [])
-    if len({t.resolve() for t in targets}) < len(targets):
-        raise LongitudinalError(f"--output and --markdown name the same file {output}")
-    resolved_inputs = {Path(p).resolve() for p in inputs}
-    for target in targets:
-        if target.resolve() in resolved_inputs:
-            raise LongitudinalError(f"{target} is one of the input CSVs; write the change to another file")
-        try:
-            check_writable_target(target, overwrite)
-        except FileExistsError as e:
-            raise LongitudinalError(str(e)) from None
 
 
 def main(
@@ -86,7 +69,7 @@ def main(
     try:
         overwrite, pool_visits = as_bool(overwrite, "overwrite"), as_bool(pool_visits, "pool_visits")
         order = _visit_list(visit_order)
-        _check_outputs(measurements, output, markdown, overwrite)
+        check_report_outputs(measurements, output, markdown, overwrite, "change", LongitudinalError)
         if not isinstance(min_expected_dice, (int, float)) or not 0 <= min_expected_dice <= 1:
             raise LongitudinalError(f"--min_expected_dice {min_expected_dice!r} must be a number from 0 to 1")
         rows = change_rows(read_measurements(measurements, scan_pattern), order, float(min_expected_dice))

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import csv
-import io
 import re
 from collections.abc import Sequence
 from pathlib import Path
 
+from scripts.csv_input import read_csv_rows
 from scripts.longitudinal.rows import LongitudinalError, VisitRow
 
 # <subject>_<visit>, split at the last underscore: 9014797_00m -> (9014797, 00m), knee_07_V01 -> (knee_07, V01)
@@ -45,7 +44,7 @@ def read_measurements(paths: Sequence[str | Path], scan_pattern: str = DEFAULT_S
     unmatched: list[str] = []
     seen: dict[tuple[str, str], str] = {}
     for path in map(Path, paths):
-        for row in _read_csv(path):
+        for row in read_csv_rows(path, _REQUIRED, LongitudinalError, "a quantify measurement CSV"):
             where = f"{path} (scan {row['scan']}, {row['compartment']})"
             match = pattern.fullmatch(row["scan"])
             if match is None:
@@ -81,24 +80,4 @@ def read_measurements(paths: Sequence[str | Path], scan_pattern: str = DEFAULT_S
             f"{len(names)} scan name(s) do not match --scan_pattern {scan_pattern!r} (subject and visit): {shown}. "
             "Name scans <subject>_<visit> (e.g. 9014797_00m) or pass a --scan_pattern that fits your names"
         )
-    return rows
-
-
-def _read_csv(path: Path) -> list[dict[str, str]]:
-    if not path.is_file():
-        raise LongitudinalError(f"{path}: no such file (the CSV written by python -m scripts.quantify --output ...)")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise LongitudinalError(f"{path}: cannot be read as a UTF-8 CSV ({type(e).__name__}: {e})") from None
-    reader = csv.DictReader(io.StringIO(text))
-    missing = [c for c in _REQUIRED if c not in (reader.fieldnames or [])]
-    if missing:
-        raise LongitudinalError(
-            f"{path}: not a quantify measurement CSV, columns {', '.join(missing)} are missing "
-            f"(header: {', '.join(reader.fieldnames or []) or 'none'})"
-        )
-    rows = list(reader)
-    if not rows:
-        raise LongitudinalError(f"{path}: no rows under the header, so no scan to compare")
     return rows
