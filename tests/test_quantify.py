@@ -26,6 +26,7 @@ from scripts.quantify import (
     main,
     measure_file,
     measure_label_map,
+    over_plate,
     split_plates,
 )
 from scripts.thickness import local_thickness, weighted_quantile
@@ -293,6 +294,69 @@ def test_oaizib_cm_codes_used_and_anatomical_split_agrees():
     assert "ml_labels_disagree" in wrong["tibial_medial"].flags  # a wrong side is caught, not silently used
 
 
+def _condyle_over_plate(shape=(6, 48, 48)):
+    """A condyle seen from the side: a ring of cartilage (radius 10-12 voxels around (y, z) = (24, 28)) extruded along
+    x, over a flat plate (z 12-13) from y 16 to 35. A column at |y - 24| < 10 meets the ring twice."""
+    x, y, z = np.meshgrid(*[np.arange(n) for n in shape], indexing="ij")
+    r = np.hypot(y - 24, z - 28)
+    ring = (r >= 10) & (r <= 12)
+    plate = (z >= 12) & (z <= 13) & (y >= 16) & (y <= 35)
+    return ring, plate
+
+
+def _lowest_runs_by_loop(mask, z_axis_up=True):
+    """Reference for the lowest-run rule, a plain loop over columns of a (x, y, z) array."""
+    out = np.zeros_like(mask)
+    for i in range(mask.shape[0]):
+        for j in range(mask.shape[1]):
+            col = mask[i, j] if z_axis_up else mask[i, j, ::-1]
+            hits = np.flatnonzero(col)
+            if hits.size == 0:
+                continue
+            k = hits[0]
+            while k < col.size and col[k]:
+                k += 1
+            keep = np.zeros(col.size, bool)
+            keep[hits[0] : k] = True
+            out[i, j] = keep if z_axis_up else keep[::-1]
+    return out
+
+
+@pytest.mark.parametrize("flip_z", [False, True])
+def test_weight_bearing_region_by_hand(flip_z):
+    """Notch = the plate's 97.5 % quantile of y (240 voxels, 12 per y from 16 to 35: it falls on 35), posterior end =
+    the condyle's 0.5 % quantile of y (the ring's 6 voxels at y = 12 hold it); kept: y in [35 - 0.6 x 23, 35] =
+    [21.2, 35], and of that the lowest run per column only.
+    The same in world space when the array's z axis runs downward."""
+    ring, plate = _condyle_over_plate()
+    affine = np.diag([1.0, 1.0, 1.0, 1.0])
+    if flip_z:
+        ring, plate = ring[..., ::-1], plate[..., ::-1]
+        affine[2, 2], affine[2, 3] = -1.0, ring.shape[2] - 1.0  # world z = 47 - k: the same world positions
+    y = np.arange(ring.shape[1])[None, :, None]
+    expected = _lowest_runs_by_loop(ring & (y >= 21.2) & (y <= 35), z_axis_up=not flip_z)
+    region = over_plate(ring, plate, affine)
+    np.testing.assert_array_equal(region, expected)
+    world = np.argwhere(region) @ affine[:3, :3].T + affine[:3, 3]
+    twice = np.abs(world[:, 1] - 24) < 10  # columns that meet the ring twice keep its lower crossing only
+    assert twice.any() and world[twice, 2].max() < 28
+    assert region.any() and not (region & ~ring).any()
+
+
+def test_weight_bearing_rows_with_split_femur():
+    """Rows for both condyles' weight-bearing parts; each lies within its femoral half, and no plate means empty."""
+    spacing = (0.7, 0.3646, 0.3646)
+    labels = _knee()
+    rows = {r.compartment: r for r in measure_label_map(labels, _affine(spacing), split_femur=True).rows}
+    for side in ("medial", "lateral"):
+        region, half = rows[f"femoral_{side}_weight_bearing"], rows[f"femoral_{side}"]
+        assert 0 < region.volume_mm3 < half.volume_mm3
+        assert region.ml_split == "anatomy" and not region.flags
+    no_tibia = np.where(labels == 2, 0, labels)
+    rows = {r.compartment: r for r in measure_label_map(no_tibia, _affine(spacing), split_femur=True).rows}
+    assert all("empty" in rows[f"femoral_{side}_weight_bearing"].flags for side in ("medial", "lateral"))
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # CSV, files, CLI, transform
 # ---------------------------------------------------------------------------------------------------------------------
@@ -506,7 +570,12 @@ def test_cli_true_spellings_overwrite_and_split_femur(tmp_path):
     out = tmp_path / "m.csv"
     out.write_text("earlier results\n")
     fire.Fire(main, command=[str(good), "--output", str(out), "--overwrite", "true", "--split_femur", "yes"])
-    assert [r["compartment"] for r in _rows(out)][-2:] == ["femoral_medial", "femoral_lateral"]
+    assert [r["compartment"] for r in _rows(out)][-4:] == [
+        "femoral_medial",
+        "femoral_lateral",
+        "femoral_medial_weight_bearing",
+        "femoral_lateral_weight_bearing",
+    ]
 
 
 def test_cli_subprocess_exit_code_and_no_traceback(tmp_path):

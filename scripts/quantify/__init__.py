@@ -22,6 +22,7 @@ from scripts.quantify.measure import (
     infer_laterality,
     load_label_map,
     measure_label_map,
+    over_plate,
     split_plates,
 )
 from scripts.quantify.outputs import csv_cell, csv_text, write_csv, write_overview_png, write_thickness_map
@@ -42,6 +43,7 @@ __all__ = [
     "main",
     "measure_file",
     "measure_label_map",
+    "over_plate",
     "split_plates",
     "write_csv",
     "write_overview_png",

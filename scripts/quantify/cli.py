@@ -243,7 +243,9 @@ def main(
             left or right (override for all given maps).
         thickness_dir: if set, write <scan>_thickness.nii.gz there (same shape and affine as the label map).
         png_dir: if set, write <scan>_overview.png there (sagittal slices with overlays, thickness distribution).
-        split_femur: also report femoral_medial / femoral_lateral (split at the tibial plane; includes the trochlea).
+        split_femur: also report femoral_medial / femoral_lateral (split at the tibial plane; includes the trochlea)
+            and their weight-bearing parts, femoral_medial_weight_bearing / femoral_lateral_weight_bearing (a
+            stand-in for the OAI's cMF / cLF from the label map's own landmarks; docs/measurements.md).
         overwrite: replace existing outputs (True/False; a lowercase false is read as False, not as a true text).
 
     Returns:

@@ -19,6 +19,7 @@ FEMORAL, TIBIAL = 1, 2
 MAX_PLAUSIBLE_THICKNESS_MM = 7.0
 THICK_AREA_FRACTION = 0.01  # flag when more than this share of the surface area is thicker than the limit
 FRAGMENT_FRACTION = 0.05  # a connected piece holding at least this share of the compartment volume counts as large
+WEIGHT_BEARING_FRACTION = 0.6  # cMF / cLF: from the notch back to 60 % of the way to the condyle's posterior end
 LATERALITY_MARGIN_MM = 20.0  # |x| of the cartilage centroid below this: too close to the midline to tell the side
 CROP_MARGIN = 3
 _NIFTI_SUFFIXES = (".nii.gz", ".nii")
@@ -384,7 +385,8 @@ def measure_label_map(
         laterality: 'auto' (from the affine), 'left' or 'right' (override: scanner coordinates can be wrong).
         has_geometry: False if the affine is not a real scanner position (then laterality 'auto' gives 'unknown').
         split_femur: also report femoral_medial / femoral_lateral halves, split at the tibial plane (whole
-            femoral cartilage including the trochlea: not the OAI's weight-bearing cMF/cLF subregions).
+            femoral cartilage including the trochlea), and their weight-bearing parts over the tibial plates
+            (`femoral_medial_weight_bearing`, ...: see `over_plate`; a stand-in for the OAI's cMF / cLF).
         source: the file for error messages (default `scan`): a user with many maps needs the full path.
 
     Returns:
@@ -446,6 +448,16 @@ def measure_label_map(
         halves = _plate_masks(femoral, affine, split, lat) if split is not None else (femoral & False,) * 2
         femur_flags = ["ml_split_uncertain"] if femoral.any() and (split is None or split.uncertain) else []
         compartments += [(f"femoral_{sides[k]}", halves[k], 1, "anatomy", femur_flags) for k in (0, 1)]
+        compartments += [
+            (
+                f"femoral_{sides[k]}_weight_bearing",
+                over_plate(halves[k], plates[k] & tibial, affine),
+                1,
+                "anatomy",
+                femur_flags,
+            )
+            for k in (0, 1)
+        ]
     full_thickness = np.full(full_classes.shape, np.nan, np.float32)
     full_thickness[box] = thickness_map
     measurement = ScanMeasurement([], full_thickness, np.zeros(full_classes.shape, np.uint8), lat, lat_source)
@@ -499,6 +511,55 @@ def _plate_masks(
     low[tuple(ijk[_world(affine, ijk)[:, 0] < split.split_x_mm].T)] = True
     high = mask & ~low
     return (high, low) if _medial_is_low_x(laterality) is False else (low, high)
+
+
+def over_plate(
+    femoral_part: np.ndarray,
+    plate: np.ndarray,
+    affine: np.ndarray,
+    fraction: float = WEIGHT_BEARING_FRACTION,
+) -> np.ndarray:
+    """The weight-bearing part of one femoral condyle's cartilage, a label-map stand-in for the OAI's cMF / cLF.
+
+    The OAI's central femoral regions run from the trochlear notch back to 60 % of the distance between the notch
+    and the posterior end of the condyle (Wirth & Eckstein 2008), on landmarks a reader sets by hand. Here, along the
+    world anterior-posterior axis (RAS y): the notch is taken as the anterior end of the tibial plate below the
+    condyle (its 97.5 % quantile of y: in the extended knee of a DESS scan the notch sits over the front of the
+    plateau), the posterior end as the condyle cartilage's own (its 0.5 % quantile), and the part within `fraction`
+    of that distance behind the notch is kept. Of it, per column along the scan axis closest to inferior-superior,
+    only the lowest run of cartilage: a column that also meets the condyle's cartilage higher up (where it curls
+    back) is not on the joint surface there.
+
+    Why: thinning in knee OA shows first where the femur meets the tibia, and studies report it there, not over the
+    whole femoral cartilage with trochlea and posterior condyle. The landmarks differ from a reader's, so values
+    compare within this tool (across visits, scans, models), not one to one with published cMF / cLF.
+    """
+    out = np.zeros(femoral_part.shape, bool)
+    if not femoral_part.any() or not plate.any():
+        return out
+    notch = float(np.quantile(_world(affine, np.argwhere(plate))[:, 1], 0.975))
+    ijk = np.argwhere(femoral_part)
+    y = _world(affine, ijk)[:, 1]
+    posterior_end = float(np.quantile(y, 0.005))
+    back = notch - fraction * max(notch - posterior_end, 0.0)
+    out[tuple(ijk[(y >= back) & (y <= notch)].T)] = True
+    return _lowest_run(out, affine)
+
+
+def _lowest_run(mask: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    """Per column along the array axis closest to world inferior-superior, the first run of `mask` from below."""
+    a = np.asarray(affine, float)[:3, :3]
+    axis = int(np.argmax(np.abs(a[2])))
+    upward = a[2, axis] > 0  # index grows toward superior
+    m = np.moveaxis(mask, axis, -1)
+    if not upward:
+        m = m[..., ::-1]
+    started = np.cumsum(m, axis=-1, dtype=np.int32) > 0
+    ended = np.cumsum(started & ~m, axis=-1, dtype=np.int32) > 0
+    keep = m & ~ended
+    if not upward:
+        keep = keep[..., ::-1]
+    return np.ascontiguousarray(np.moveaxis(keep, -1, axis))
 
 
 def _split_agreement(anatomical_medial: np.ndarray, labelled_medial: np.ndarray, tibial: np.ndarray) -> float:
