@@ -449,6 +449,20 @@ def test_cartilage_reportd_writes_outputs(tmp_path):
         CartilageReportd(keys="pred", output_dir=str(tmp_path / "out"), write_png=False)({"pred": pred2})
 
 
+def test_cartilage_reportd_split_femur(tmp_path):
+    """The config key split_femur reaches the measurement: 8 rows per scan, the femoral halves and their
+    weight-bearing parts included, equal to measure_label_map's."""
+    affine = _affine((0.7, 0.3646, 0.3646))
+    pred = MetaTensor(torch.as_tensor(_knee()[None].astype(np.float32)), affine=torch.as_tensor(affine))
+    pred.meta["filename_or_obj"] = str(tmp_path / "knee7.nii.gz")
+    step = CartilageReportd(keys="pred", output_dir=str(tmp_path), split_femur=True, write_png=False)
+    rows = step({"pred": pred})["measurements"]
+    direct = measure_label_map(_knee(), affine, scan="knee7", split_femur=True).rows
+    assert [r["compartment"] for r in rows] == [r.compartment for r in direct]
+    assert len(rows) == 8 and rows[-2]["compartment"] == "femoral_medial_weight_bearing"
+    assert [r["volume_mm3"] for r in rows] == pytest.approx([r.volume_mm3 for r in direct])
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # the command line on bad input: one `error: ...` paragraph naming the file, never a traceback or a lost file
 # ---------------------------------------------------------------------------------------------------------------------

@@ -36,6 +36,7 @@ class CartilageReportd(_MapTransform):
         image_key: key of the scan drawn under the overlays; if absent or of another shape, a blank background.
         label_preset: codes of the label map (the bundle predicts the 'cartilage' classes).
         laterality: 'auto', 'left' or 'right' (see `infer_laterality`).
+        split_femur: also measure the femoral halves and their weight-bearing parts (`measure_label_map`).
         write_thickness_map: write the thickness NIfTI.
         write_png: write the overview PNG.
         csv_name: file name of the CSV in `output_dir`.
@@ -53,6 +54,7 @@ class CartilageReportd(_MapTransform):
         image_key: str | None = "image",
         label_preset: str = "cartilage",
         laterality: str = "auto",
+        split_femur: bool = False,
         write_thickness_map: bool = True,
         write_png: bool = True,
         csv_name: str = "measurements.csv",
@@ -68,6 +70,7 @@ class CartilageReportd(_MapTransform):
         self.label_preset = get_preset(label_preset).name
         infer_laterality(0.0, False, laterality)  # validate early
         self.laterality = laterality
+        self.split_femur = bool(split_femur)
         self.write_thickness = write_thickness_map
         self.write_png = write_png
         self.csv_path = self.output_dir / csv_name
@@ -96,6 +99,7 @@ class CartilageReportd(_MapTransform):
             scan=name,
             label_preset=self.label_preset,
             laterality=self.laterality,
+            split_femur=self.split_femur,
             has_geometry=has_scanner_geometry(affine),
             source=source or name,
         )
