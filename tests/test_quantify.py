@@ -449,6 +449,22 @@ def test_cartilage_reportd_writes_outputs(tmp_path):
         CartilageReportd(keys="pred", output_dir=str(tmp_path / "out"), write_png=False)({"pred": pred2})
 
 
+def test_weight_bearing_regions_same_with_labelled_plates():
+    """OAIZIB-CM labels its tibial plates; the condyles' regions still pair with the plate on their own side of the
+    split, so they equal those of the same knee in plain classes."""
+    toy = _knee()
+    labels = np.zeros_like(toy)
+    labels[toy == 1] = 2
+    low_x = (np.arange(toy.shape[0]) < 22)[:, None, None]
+    labels[(toy == 2) & low_x], labels[(toy == 2) & ~low_x] = 4, 5
+    affine = _affine((0.7, 0.3646, 0.3646))
+    coded = {r.compartment: r for r in measure_label_map(labels, affine, "k", "oaizib-cm", split_femur=True).rows}
+    plain = {r.compartment: r for r in measure_label_map(toy, affine, "k", split_femur=True).rows}
+    for side in ("medial", "lateral"):
+        name = f"femoral_{side}_weight_bearing"
+        assert coded[name].volume_mm3 == pytest.approx(plain[name].volume_mm3) and coded[name].volume_mm3 > 0
+
+
 def test_cartilage_reportd_split_femur(tmp_path):
     """The config key split_femur reaches the measurement: 8 rows per scan, the femoral halves and their
     weight-bearing parts included, equal to measure_label_map's."""

@@ -448,10 +448,13 @@ def measure_label_map(
         halves = _plate_masks(femoral, affine, split, lat) if split is not None else (femoral & False,) * 2
         femur_flags = ["ml_split_uncertain"] if femoral.any() and (split is None or split.uncertain) else []
         compartments += [(f"femoral_{sides[k]}", halves[k], 1, "anatomy", femur_flags) for k in (0, 1)]
+        # each condyle over the tibial plate on its own side of the same split (labelled plates may name sides
+        # that an unknown laterality cannot place)
+        below = _plate_masks(tibial, affine, split, lat) if split is not None else (tibial & False,) * 2
         compartments += [
             (
                 f"femoral_{sides[k]}_weight_bearing",
-                over_plate(halves[k], plates[k] & tibial, affine),
+                over_plate(halves[k], below[k], affine),
                 1,
                 "anatomy",
                 femur_flags,
