@@ -450,7 +450,10 @@ def measure_label_map(
         compartments += [(f"femoral_{sides[k]}", halves[k], 1, "anatomy", femur_flags) for k in (0, 1)]
         # each condyle over the tibial plate on its own side of the same split (labelled plates may name sides
         # that an unknown laterality cannot place)
-        below = _plate_masks(tibial, affine, split, lat) if split is not None else (tibial & False,) * 2
+        if ml_source == "anatomy":
+            below = plates
+        else:
+            below = _plate_masks(tibial, affine, split, lat) if split is not None else (tibial & False,) * 2
         compartments += [
             (
                 f"femoral_{sides[k]}_weight_bearing",
