@@ -232,6 +232,27 @@ def test_seeds_over_cross_validation_folds_pairs_every_test_subject(tmp_path):
     assert "| 4 of 4 | 0.125 (0.125) |" in femoral  # 4 subjects, all 10 points lower: the floor 2 / 2^4
 
 
+def test_seeds_pairs_other_metrics_in_their_units_and_skips_empty_distances(tmp_path):
+    """--paired_metrics: precision in points, HD95 in mm, each in its own table; a volume with an empty HD95 (an
+    empty prediction) drops out of that metric's pairs only; an unknown metric is refused by name."""
+    for model, precision, hd95 in (("eas", "0.7", ""), ("unet", "0.9", "3")):
+        folder = tmp_path / "a" / model / "evaluation"
+        folder.mkdir(parents=True)
+        (folder / "summary.json").write_text(json.dumps(_summary(0.8)))
+        lines = ["case,protocol,class,dice,precision,recall,hd,hd95,assd,gt_voxels,pred_voxels,flags"]
+        for case, hd in (("9000001_00m", hd95), ("9000002_00m", "2")):
+            for cls in ("femoral cartilage", "tibial cartilage"):
+                lines.append(f"{case},volume,{cls},0.8,{precision},1,1,{hd},1,10,10,")
+        (folder / "metrics_volume.csv").write_text("\n".join(lines) + "\n")
+    text = report.seeds(str(tmp_path / "a"), models="eas,unet", reference="eas", paired_metrics="precision,hd95")
+    tables = text.split("\n\n")
+    assert len(tables) == 3 and "(precision)" in tables[1] and "mean difference/mm" in tables[2]
+    assert "| femoral cartilage | unet | 2 of 2 | -20.00 |" in tables[1]  # 0.7 - 0.9 in points, both volumes
+    assert "| femoral cartilage | unet | 0 of 1 | +0.00 |" in tables[2]  # 2 - 2 mm; the empty HD95 left out
+    with pytest.raises(ValueError, match="paired_metrics \\['volume'\\] unknown"):
+        report.seeds(str(tmp_path / "a"), models="eas,unet", reference="eas", paired_metrics="dice,volume")
+
+
 def _write_training_log(path, epochs, stop_in_epoch=None, metrics=None):
     """A console log as a training writes it: the bundle's ProgressLogger on an ignite engine (4 iterations per
     epoch, a loss line every 2), MONAI's validation metrics line, in configs/logging.conf's format."""

@@ -79,13 +79,22 @@ def _summary_means(run_dir: Path, summary: str) -> dict[tuple[str, str], dict[st
     return out
 
 
-def _per_case_dice(run_dir: Path, summary: str) -> dict[tuple[str, str], float]:
-    """(case, structure) -> 3D Dice of one run, from its metrics_volume.csv."""
+# paired metrics: the factor from the CSV's value to the table's unit, and that unit
+PAIRED_UNITS = {"dice": (100.0, "points"), "precision": (100.0, "points"), "recall": (100.0, "points")}
+PAIRED_UNITS.update({m: (1.0, "mm") for m in ("hd", "hd95", "assd")})
+
+
+def _per_case(run_dir: Path, summary: str, metric: str = "dice") -> dict[tuple[str, str], float]:
+    """(case, structure) -> one 3D metric of one run, from its metrics_volume.csv; cases where it is empty (a
+    distance of an empty prediction) are left out."""
     path = run_dir / summary / "metrics_volume.csv"
     if not path.is_file():
         raise FileNotFoundError(f"no per-case metrics at {path}")
     with path.open(newline="") as f:
-        return {(row["case"], row["class"]): float(row["dice"]) for row in csv.DictReader(f)}
+        rows = list(csv.DictReader(f))
+    if rows and metric not in rows[0]:
+        raise ValueError(f"{path} has no column {metric!r}")
+    return {(r["case"], r["class"]): float(r[metric]) for r in rows if r[metric] not in ("", "nan")}
 
 
 def seeds(
@@ -95,6 +104,7 @@ def seeds(
     reference: str = "eas_unet",
     seed_names: str | None = None,
     summary: str = "evaluation",
+    paired_metrics: str = "dice",
     output: str | None = None,
 ) -> str:
     """Markdown: each model's test scores per seed, their mean and range, and the reference model paired per test
@@ -108,6 +118,8 @@ def seeds(
         reference: the model sub-folder that is compared with every other one, volume by volume.
         seed_names: display names of the seed folders (default: the folder names).
         summary: the evaluation folder inside each model folder.
+        paired_metrics: the per-volume metrics to pair, ','-separated, each in its own table (dice, precision,
+            recall in points; hd, hd95, assd in mm): where a model's advantage comes from, and whether it holds.
         output: also write the markdown there (atomically).
     """
     if not seed_dirs:
@@ -116,9 +128,12 @@ def seeds(
     labels = dict(zip(keys, _names(names, keys)))
     if reference not in keys:
         raise ValueError(f"reference {reference!r} is not among the models {keys}")
+    metrics = [m.strip() for m in paired_metrics.split(",")] if isinstance(paired_metrics, str) else paired_metrics
+    unknown = [m for m in metrics if m not in PAIRED_UNITS]
+    if unknown or not metrics:
+        raise ValueError(f"paired_metrics {unknown or metrics} unknown: choose among {', '.join(PAIRED_UNITS)}")
     seed_labels = _names(seed_names, seed_dirs)
     means = {(s, m): _summary_means(Path(d) / m, summary) for s, d in zip(seed_labels, seed_dirs) for m in keys}
-    cases = {(s, m): _per_case_dice(Path(d) / m, summary) for s, d in zip(seed_labels, seed_dirs) for m in keys}
 
     per_seed = " / ".join(seed_labels)
     rows = [
@@ -136,11 +151,31 @@ def seeds(
                 f" {max(vol) - min(vol):.2f} | {' / '.join(f'{v:.2f}' for v in pap)} | {np.mean(pap):.2f} |"
                 f" {' / '.join(f'{v:.2f}' for v in hd95)} | {np.mean(hd95):.2f} |"
             )
+    for metric in metrics:
+        cases = {(s, m): _per_case(Path(d) / m, summary, metric) for s, d in zip(seed_labels, seed_dirs) for m in keys}
+        rows += [""] + _paired_rows(cases, metric, keys, labels, reference, seed_labels)
+    text = "\n".join(rows) + "\n"
+    if output:
+        atomic_write_text(output, text)
+    return text
+
+
+def _paired_rows(
+    cases: dict[tuple[str, str], dict[tuple[str, str], float]],
+    metric: str,
+    keys: list[str],
+    labels: dict[str, str],
+    reference: str,
+    seed_labels: list[str],
+) -> list[str]:
+    """The table pairing `reference` with every other model on one per-volume metric, per volume and per subject."""
+    factor, unit = PAIRED_UNITS[metric]
     ref = labels[reference]
-    rows += [
-        "",
-        f"| structure | {ref} against | volumes where {ref} is lower | mean difference/points |"
-        " range over volumes/points |"
+    per_seed = " / ".join(seed_labels)
+    what = "" if metric == "dice" else f" ({metric})"
+    rows = [
+        f"| structure | {ref} against{what} | volumes where {ref} is lower | mean difference/{unit} |"
+        f" range over volumes/{unit} |"
         f" per seed ({per_seed}) | subjects where {ref} is lower | p (sign-flip over subjects; smallest possible) |",
         "|---|---|---|---|---|---|---|---|",
     ]
@@ -155,9 +190,9 @@ def seeds(
                 shared = sorted(k for k in ours if k[1] == structure and k in theirs)
                 if not shared:
                     raise ValueError(f"seed {s}: {reference} and {m} share no test volume for {structure}")
-                diffs_by_seed.append([100 * (ours[k] - theirs[k]) for k in shared])
+                diffs_by_seed.append([factor * (ours[k] - theirs[k]) for k in shared])
                 for k in shared:
-                    by_subject.setdefault(subject_id(k[0]), []).append(100 * (ours[k] - theirs[k]))
+                    by_subject.setdefault(subject_id(k[0]), []).append(factor * (ours[k] - theirs[k]))
             flat = [d for ds in diffs_by_seed for d in ds]
             subjects = [float(np.mean(v)) for v in by_subject.values()]
             p, smallest = sign_flip_p(subjects), min(1.0, 2 / 2 ** len(subjects))
@@ -167,7 +202,4 @@ def seeds(
                 f" {' / '.join(f'{np.mean(ds):+.2f}' for ds in diffs_by_seed)} |"
                 f" {sum(d < 0 for d in subjects)} of {len(subjects)} | {_p_text(p)} ({_p_text(smallest)}) |"
             )
-    text = "\n".join(rows) + "\n"
-    if output:
-        atomic_write_text(output, text)
-    return text
+    return rows
