@@ -227,9 +227,10 @@ def test_seeds_over_cross_validation_folds_pairs_every_test_subject(tmp_path):
     _seed_run(tmp_path / "f0", "unet", 0.8, {"9000001_00m": (0.9, 0.9), "9000002_00m": (0.8, 0.9)})
     _seed_run(tmp_path / "f1", "eas", 0.8, {"9000003_00m": (0.6, 0.9), "9000004_00m": (0.7, 0.9)})
     _seed_run(tmp_path / "f1", "unet", 0.8, {"9000003_00m": (0.7, 0.9), "9000004_00m": (0.8, 0.9)})
-    text = report.seeds(str(tmp_path / "f0"), str(tmp_path / "f1"), models="eas,unet", reference="eas")
+    text = report.seeds(str(tmp_path / "f0"), str(tmp_path / "f1"), models="eas,unet", reference="eas", run_kind="fold")
     femoral = next(r for r in text.splitlines() if r.startswith("| femoral cartilage | unet | 4 of 4"))
     assert "| 4 of 4 | 0.125 (0.125) |" in femoral  # 4 subjects, all 10 points lower: the floor 2 / 2^4
+    assert "| per fold (f0 / f1) |" in text and "per seed" not in text
 
 
 def test_seeds_pairs_other_metrics_in_their_units_and_skips_empty_distances(tmp_path):

@@ -105,6 +105,7 @@ def seeds(
     seed_names: str | None = None,
     summary: str = "evaluation",
     paired_metrics: str = "dice",
+    run_kind: str = "seed",
     output: str | None = None,
 ) -> str:
     """Markdown: each model's test scores per seed, their mean and range, and the reference model paired per test
@@ -120,6 +121,7 @@ def seeds(
         summary: the evaluation folder inside each model folder.
         paired_metrics: the per-volume metrics to pair, ','-separated, each in its own table (dice, precision,
             recall in points; hd, hd95, assd in mm): where a model's advantage comes from, and whether it holds.
+        run_kind: what one folder is, for the column headers: "seed" (default), or "fold" for cross-validation folds.
         output: also write the markdown there (atomically).
     """
     if not seed_dirs:
@@ -153,7 +155,7 @@ def seeds(
             )
     for metric in metrics:
         cases = {(s, m): _per_case(Path(d) / m, summary, metric) for s, d in zip(seed_labels, seed_dirs) for m in keys}
-        rows += [""] + _paired_rows(cases, metric, keys, labels, reference, seed_labels)
+        rows += [""] + _paired_rows(cases, metric, keys, labels, reference, seed_labels, run_kind)
     text = "\n".join(rows) + "\n"
     if output:
         atomic_write_text(output, text)
@@ -167,6 +169,7 @@ def _paired_rows(
     labels: dict[str, str],
     reference: str,
     seed_labels: list[str],
+    run_kind: str = "seed",
 ) -> list[str]:
     """The table pairing `reference` with every other model on one per-volume metric, per volume and per subject."""
     factor, unit = PAIRED_UNITS[metric]
@@ -175,8 +178,8 @@ def _paired_rows(
     what = "" if metric == "dice" else f" ({metric})"
     rows = [
         f"| structure | {ref} against{what} | volumes where {ref} is lower | mean difference/{unit} |"
-        f" range over volumes/{unit} |"
-        f" per seed ({per_seed}) | subjects where {ref} is lower | p (sign-flip over subjects; smallest possible) |",
+        f" range over volumes/{unit} | per {run_kind} ({per_seed}) |"
+        f" subjects where {ref} is lower | p (sign-flip over subjects; smallest possible) |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for structure in STRUCTURES:
@@ -189,7 +192,7 @@ def _paired_rows(
                 ours, theirs = cases[(s, reference)], cases[(s, m)]
                 shared = sorted(k for k in ours if k[1] == structure and k in theirs)
                 if not shared:
-                    raise ValueError(f"seed {s}: {reference} and {m} share no test volume for {structure}")
+                    raise ValueError(f"{run_kind} {s}: {reference} and {m} share no test volume for {structure}")
                 diffs_by_seed.append([factor * (ours[k] - theirs[k]) for k in shared])
                 for k in shared:
                     by_subject.setdefault(subject_id(k[0]), []).append(factor * (ours[k] - theirs[k]))
