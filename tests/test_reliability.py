@@ -329,6 +329,24 @@ def test_resume_without_a_checkpoint_stops_before_any_work(tmp_path):
     assert check_run_dir(str(tmp_path / "models"), resume=True) is True
 
 
+
+def test_overwrite_replaces_the_earlier_run_and_fine_tuning_keeps_it(tmp_path):
+    """--overwrite True deletes the earlier run's model, checkpoints and exports before the new run, so a later
+    --resume cannot continue the old run; other files stay. Fine-tuning (MONAI Label) keeps everything."""
+    models = tmp_path / "models"
+    models.mkdir()
+    run_files = ["model.pt", "checkpoint_checkpoint_epoch=6.pt", "model.ts", "model.onnx"]
+    for name in [*run_files, "notes.txt"]:
+        (models / name).write_bytes(b"earlier")
+    with pytest.raises(SystemExit, match=r"already holds checkpoint_checkpoint_epoch=6.pt, model.pt from an earlier"):
+        check_run_dir(str(models))
+    assert check_run_dir(str(models), fine_tune=True) is True
+    assert sorted(p.name for p in models.iterdir()) == sorted([*run_files, "notes.txt"])
+    assert check_run_dir(str(models), overwrite=True) is True
+    assert [p.name for p in models.iterdir()] == ["notes.txt"]
+    with pytest.raises(SystemExit, match="holds no checkpoint"):
+        check_run_dir(str(models), resume=True)
+
 # ---------------------------------------------------------------- no data loss in writers
 
 

@@ -71,10 +71,15 @@ def track_best_metric(evaluator) -> None:
             evaluator.state_dict_user_keys.append(key)
 
 
-def check_run_dir(ckpt_dir: str, resume: bool = False, overwrite: bool = False) -> bool:
+# what a training run and the exports of its model write into ckpt_dir (docs/export.md, "models/ layout")
+RUN_FILES = ("model.pt", "checkpoint*.pt", "model.ts", "model.onnx")
+
+
+def check_run_dir(ckpt_dir: str, resume: bool = False, overwrite: bool = False, fine_tune: bool = False) -> bool:
     """Refuse to start a fresh training over the models of an earlier run in `ckpt_dir` (exit with a clear message)
-    unless the user resumes it or sets `overwrite`, and a resume with nothing to resume from, before any data is
-    loaded."""
+    unless the user resumes it, replaces it (`overwrite`: its model, checkpoints and exports are deleted now, so that
+    a later `--resume` or evaluation cannot pick up the old run's files), or fine-tunes its `model.pt` in place
+    (`fine_tune`, MONAI Label: the files stay); and a resume with nothing to resume from, before any data is loaded."""
     folder = Path(ckpt_dir)
     if resume and latest_checkpoint(folder) is None:
         raise SystemExit(
@@ -82,11 +87,19 @@ def check_run_dir(ckpt_dir: str, resume: bool = False, overwrite: bool = False) 
             "without --resume first, or point --ckpt_dir at the folder of the run to resume."
         )
     earlier = sorted(p.name for p in folder.glob("*.pt")) if folder.is_dir() else []
-    if earlier and not resume and not overwrite:
+    if not earlier or resume or fine_tune:
+        return True
+    if not overwrite:
         raise SystemExit(
             f"error: {folder} already holds {', '.join(earlier[:4])} from an earlier run. Continue it with "
             "--resume True, write elsewhere with --ckpt_dir DIR, or replace it with --overwrite True."
         )
+    replaced = sorted({p for pattern in RUN_FILES for p in folder.glob(pattern) if p.is_file()})
+    for path in replaced:
+        path.unlink()
+    logger.warning(
+        "overwrite: removed the earlier run's %s from %s", ", ".join(p.name for p in replaced) or "nothing", folder
+    )
     return True
 
 
