@@ -143,7 +143,9 @@ def short_error(exc: BaseException) -> str:
     """`Type: the informative line` of an exception (ITK prefixes its messages with a source-file line)."""
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
     lines = [line for line in lines if not re.fullmatch(r"\S+\.(cxx|h|hxx|cpp):\d+:", line)]
-    text = re.sub(r"\w+IO\(0x[0-9a-f]+\): ", "", " ".join(lines[:2]))[:240]
+    text = re.sub(r"\w+IO\(0x[0-9a-f]+\): ", "", " ".join(lines[:2]))
+    if len(text) > 240:  # cut at a word and say so, rather than mid-word
+        text = text[:240].rsplit(" ", 1)[0] + " ..."
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
@@ -281,7 +283,7 @@ def require_checkpoint(path: str, network: torch.nn.Module | None = None) -> str
     if not Path(path).is_file():
         raise SystemExit(
             f"error: no model checkpoint at {path}. Train one first (README: 'Train on your data'), or point "
-            "--ckpt_dir (or --model_path) at the folder that holds model.pt."
+            "--ckpt_dir at the folder that holds model.pt (or --model_path at the model file)."
         )
     if network is not None:
         check_state_dict(state_dict_of(load_checkpoint(path)), network, path)

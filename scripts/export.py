@@ -130,6 +130,6 @@ def onnx(
 
 
 if __name__ == "__main__":
-    import fire
+    from scripts.cli import run_command
 
-    fire.Fire({"onnx": onnx})
+    run_command({"onnx": onnx}, "scripts.export")

@@ -15,7 +15,7 @@ def check_writable_target(path: str | os.PathLike, overwrite: bool) -> Path:
     """Refuse to replace an existing file unless `overwrite` is set; return the target as a Path."""
     target = Path(path)
     if target.exists() and not overwrite:
-        raise FileExistsError(f"{target} already exists; pass --overwrite True (config key `overwrite`) to replace it")
+        raise FileExistsError(f"{target} already exists; pass --overwrite True to replace it")
     return target
 
 

@@ -93,6 +93,7 @@ VALUE_RULES: dict[str, Callable[[Any], str | None]] = {
     "max_indices_per_class": _at_least(1),
     "num_workers": _at_least(0),
     "sw_batch_size": _at_least(1),
+    "min_component_mm3": _at_least(0, "a volume in mm^3"),
     "learning_rate": lambda v: None if v > 0 else "takes a number above 0",
     "cache_rate": _cache_rate,
     "label_preset": _label_preset,

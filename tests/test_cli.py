@@ -13,7 +13,7 @@ import fire
 import pytest
 
 from scripts import phantom
-from scripts.cli import as_bool
+from scripts.cli import as_bool, unknown_flags
 from scripts.export import onnx as export_onnx_cli
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -87,3 +87,44 @@ def test_export_lowercase_false_keeps_the_existing_model(tmp_path):
     with pytest.raises(SystemExit, match=r"^error: --overwrite maybe: 'overwrite' is a switch"):
         fire.Fire(export_onnx_cli, command=["--output", str(existing), "--overwrite", "maybe"])
     assert existing.read_bytes() == b"earlier export"
+
+
+def test_unknown_flags_are_found_with_their_nearest_spellings():
+    from scripts.quantify.cli import main as quantify
+
+    argv = ["a.nii.gz", "--output", "m.csv", "--split_femr", "True", "--label-preset", "oai-zib", "--nooverwrite"]
+    assert unknown_flags(quantify, argv) == [("--split_femr", ["split_femur"])]
+    assert unknown_flags(quantify, ["--output=m.csv", "--zzz=1", "--", "--help", "--whatever"]) == [("--zzz", [])]
+    assert unknown_flags(quantify, ["-t", "dir", "--help"]) == []  # short flags and Fire's own are Fire's business
+    assert unknown_flags(lambda **kwargs: kwargs, ["--anything", "1"]) == []
+
+
+def test_a_misspelt_flag_stops_the_command_before_any_work(tmp_path):
+    """Fire alone would generate all phantoms at the default count and only then complain about --num_case."""
+    out = tmp_path / "phantoms"
+    cmd = [sys.executable, "-m", "scripts.phantom", str(out), "--num_case", "1", "--shape", "8,32,32"]
+    result = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True)
+    assert result.returncode == 2 and not out.exists(), result.stderr[-2000:]
+    assert "error: scripts.phantom has no option --num_case (did you mean --num_cases" in result.stderr
+
+
+def test_datalist_commands_report_errors_in_one_line_and_check_every_split(tmp_path):
+    """`check` validates test-only datasets too; a missing folder or a split that cannot be made is an `error:`
+    line with exit code 1, not a traceback."""
+    data = tmp_path / "data"
+    phantom.write_phantom_dataset(str(data), num_cases=2, num_test=2, shape=(8, 32, 32), seed=0)
+
+    def datalist(*args: str) -> subprocess.CompletedProcess:
+        cmd = [sys.executable, "-m", "scripts.datalist", *args]
+        return subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True)
+
+    checked = datalist("check", str(data))
+    assert checked.returncode == 0 and "2 cases in" in checked.stdout and "(2 test)" in checked.stdout
+    for args, message in [
+        (("check", str(tmp_path / "nope")), "error: dataset_dir"),
+        (("write_split", str(data), str(tmp_path / "s.json")), "error: no training cases to split"),
+        (("check", str(data), "--label_preset", "foo"), "error: unknown label_preset 'foo'"),
+    ]:
+        result = datalist(*args)
+        assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
+        assert message in result.stderr

@@ -329,7 +329,6 @@ def test_resume_without_a_checkpoint_stops_before_any_work(tmp_path):
     assert check_run_dir(str(tmp_path / "models"), resume=True) is True
 
 
-
 def test_overwrite_replaces_the_earlier_run_and_fine_tuning_keeps_it(tmp_path):
     """--overwrite True deletes the earlier run's model, checkpoints and exports before the new run, so a later
     --resume cannot continue the old run; other files stay. Fine-tuning (MONAI Label) keeps everything."""
@@ -346,6 +345,7 @@ def test_overwrite_replaces_the_earlier_run_and_fine_tuning_keeps_it(tmp_path):
     assert [p.name for p in models.iterdir()] == ["notes.txt"]
     with pytest.raises(SystemExit, match="holds no checkpoint"):
         check_run_dir(str(models), resume=True)
+
 
 # ---------------------------------------------------------------- no data loss in writers
 
@@ -489,6 +489,9 @@ def test_override_values_checked_per_config():
         measures is not None and "'agreement_measures' takes a list of measurement columns among volume_mm3" in measures
     )
     assert overrides("--measure", "True", "--agreement_measures", "['thickness_p95_mm']", config=evaluate) is None
+    negative = overrides("--min_component_mm3", "-5", config=str(INFERENCE))
+    assert negative is not None and "'min_component_mm3' takes a volume in mm^3 of at least 0" in negative
+    assert overrides("--min_component_mm3", "0", config=str(INFERENCE)) is None
     cuda = overrides("--device", "cuda:0", config=str(INFERENCE))
     if torch.cuda.is_available():
         assert cuda is None

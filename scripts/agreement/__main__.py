@@ -1,8 +1,7 @@
 """`python -m scripts.agreement AUTOMATED.csv REFERENCE.csv --output agreement.csv` (help: `--help`)."""
 
-import fire
-
 from scripts.agreement.cli import main
+from scripts.cli import run_command
 
 if __name__ == "__main__":
-    fire.Fire(main, name="scripts.agreement")
+    run_command(main, "scripts.agreement")

@@ -1,8 +1,7 @@
 """`python -m scripts.benchmark`: the command line of `run` (its docstring is the help)."""
 
-import fire
-
 from scripts.benchmark.runner import run
+from scripts.cli import run_command
 
 if __name__ == "__main__":
-    fire.Fire(run, name="scripts.benchmark", serialize=lambda _: None)
+    run_command(run, "scripts.benchmark", serialize=lambda _: None)

@@ -2,10 +2,13 @@
 
 import logging
 
-import fire
-
+from scripts.cli import run_command
 from scripts.datalist.cli import build, check, write_split
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    fire.Fire({"build": build, "check": check, "write_split": write_split}, name="scripts.datalist")
+    run_command(
+        {"build": build, "check": check, "write_split": write_split},
+        "scripts.datalist",
+        user_errors=(ValueError, FileExistsError, FileNotFoundError, NotADirectoryError),
+    )

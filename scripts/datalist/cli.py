@@ -6,10 +6,12 @@ import json
 from pathlib import Path
 
 from scripts.datalist.layouts import _collect, _detect_layout, _require_dir
-from scripts.datalist.names import SPLITS
+from scripts.datalist.names import SPLITS, DatasetError
 from scripts.datalist.prepare import prepare_datalist
 from scripts.datalist.splits import _write_split_file, cross_validation_folds, fold_path, split_by_subject
+from scripts.datalist.validation import validate_entries
 from scripts.io_utils import atomic_write_text
+from scripts.labels import get_preset
 
 
 def build(
@@ -26,6 +28,20 @@ def build(
     overwrite: bool = False,
 ) -> str:
     """Write a datalist JSON (training/validation/test, absolute paths) for DATASET_DIR to OUTPUT.
+
+    Args:
+        dataset_dir: the dataset folder (layouts: see `check --help`).
+        output: the JSON to write; an existing file is kept unless --overwrite True.
+        layout: auto (detected), or one of oaizib-cm, pairs, oai-zib, datalist, labels.
+        label_preset: the label codes: oai-zib, oaizib-cm, oai-labels or cartilage.
+        images_dir: the folder of the OAI scans that OAI-ZIB masks belong to (layout oai-zib).
+        num_val: validation subjects taken from the training cases (a count, or a fraction below 1), unless the
+            layout or --split_file defines them.
+        num_test: test subjects taken from the training cases when the layout has no test split.
+        seed: seed of the subject split.
+        split_file: a JSON of subject ids per split (from write_split), used instead of a random split.
+        validate: check every pair first (as `check` does).
+        overwrite: replace an existing OUTPUT.
 
     Example: python -m scripts.datalist build /data/OAIZIB-CM datalist.json --label_preset oaizib-cm
     """
@@ -56,6 +72,16 @@ def write_split(
     subject once; --num_test is then unused): OUTPUT with `_fold0` ... `_fold{K-1}` before its suffix, or with
     `{fold}` in OUTPUT replaced by the fold number. Train and evaluate once per file (--split_file).
 
+    Args:
+        dataset_dir: the dataset folder (layouts: see `check --help`); its training cases are split.
+        output: the JSON to write (ids only); existing files are kept unless --overwrite True.
+        num_val: validation subjects (a count, or a fraction below 1).
+        num_test: test subjects (a count, or a fraction below 1); unused with --folds.
+        seed: seed of the split.
+        layout: auto (detected), or one of oaizib-cm, pairs, oai-zib, datalist, labels.
+        overwrite: replace existing split files.
+        folds: K > 1 writes K cross-validation splits.
+
     Examples:
         python -m scripts.datalist write_split LABELS_DIR configs/splits/oai_labels.json
         python -m scripts.datalist write_split LABELS_DIR configs/splits/oai_labels_cv6.json --folds 6
@@ -64,7 +90,9 @@ def write_split(
 
     overwrite = as_bool(overwrite, "overwrite")
     root = _require_dir(dataset_dir, "dataset_dir")
-    pool = _collect(root, _detect_layout(root) if layout == "auto" else layout, None)["training"]
+    pool = _collect(root, _detect_layout(root) if layout == "auto" else layout, None).get("training", [])
+    if not pool:
+        raise DatasetError(f"no training cases to split in {root} (test cases, e.g. imagesTs/, are not split)")
     if not folds:
         return _write_split_file(output, split_by_subject(pool, num_val, num_test, seed), seed, overwrite)
     splits = cross_validation_folds(pool, int(folds), num_val, seed)
@@ -77,7 +105,33 @@ def write_split(
     return outputs
 
 
-def check(dataset_dir: str, label_preset: str = "oai-zib", layout: str = "auto", images_dir: str | None = None):
-    """Check every image/label pair in DATASET_DIR and print all problems at once (exit code 1 if any)."""
-    splits = prepare_datalist(dataset_dir, layout, label_preset, images_dir, 0, 0, 0, None, True, None, True)
-    print(f"{sum(len(v) for v in splits.values())} cases in {dataset_dir}: all readable, 3D, matching, codes known")
+def check(
+    dataset_dir: str,
+    label_preset: str = "oai-zib",
+    layout: str = "auto",
+    images_dir: str | None = None,
+    workers: int = 2,
+) -> int:
+    """Check every image/label pair in DATASET_DIR, whatever split it belongs to, and print all problems at once
+    (readable, 3D, finite, same shape and affine, label codes known to the preset; exit code 1 if any).
+
+    Args:
+        dataset_dir: the dataset folder: OAIZIB-CM (imagesTr/ labelsTr/ imagesTs/ labelsTs/), images/ + labels/,
+            OAI-ZIB masks (with --images_dir), a datalist.json, or label maps only.
+        label_preset: the label codes: oai-zib, oaizib-cm, oai-labels (the 0-9 AKOA maps) or cartilage (0/1/2).
+        layout: auto (detected from the folder), or one of oaizib-cm, pairs, oai-zib, datalist, labels.
+        images_dir: the folder of the OAI scans that OAI-ZIB masks belong to (layout oai-zib).
+        workers: threads reading files.
+
+    Example: python -m scripts.datalist check /data/OAIZIB-CM --label_preset oaizib-cm
+    """
+    get_preset(label_preset)  # an unknown preset is one error, not one per file
+    root = _require_dir(dataset_dir, "dataset_dir")
+    found = _collect(root, _detect_layout(root) if layout == "auto" else layout, images_dir)
+    entries = [e for s in SPLITS for e in found.get(s, [])]
+    if not entries:
+        raise DatasetError(f"no image/label pairs found in {root} (layout {layout})")
+    validate_entries(entries, label_preset, num_workers=int(workers))
+    counts = ", ".join(f"{len(found[s])} {s}" for s in SPLITS if found.get(s))
+    print(f"{len(entries)} cases in {root} ({counts}): all readable, 3D, matching, codes known to {label_preset}")
+    return len(entries)

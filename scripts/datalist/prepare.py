@@ -90,6 +90,12 @@ def prepare_datalist(
         if split_file:
             everything = pool + found.get("validation", []) + found.get("test", [])
             splits = _apply_split_file(everything, Path(split_file))
+        elif not pool and found.get("test"):
+            raise DatasetError(
+                f"{root} holds only test cases ({len(found['test'])}, e.g. {found['test'][0]['image']}) and no "
+                "training cases: add training pairs (imagesTr/ and labelsTr/ in this layout), or give a --split_file "
+                "that assigns subjects to training, validation and test"
+            )
         elif found.get("validation"):
             splits = {s: found.get(s, []) for s in SPLITS}
         else:

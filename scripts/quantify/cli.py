@@ -230,9 +230,10 @@ def main(
     fragmented, touches_border, ml_split_uncertain, no_thickness, laterality_unknown, laterality_conflict,
     ml_labels_disagree). See docs/measurements.md for the method and its validation.
 
-    Bad arguments stop the run before any map is read (`error: ...`, exit code 1). A map that cannot be measured
-    (unreadable, not 3D, NaN or codes outside the preset) is logged and listed in `<output stem>_failures.csv` beside
-    the CSV; the other maps are measured and written, and the run ends with exit code 1 and one line per failure.
+    Bad arguments stop the run before any map is read (`error: ...`, exit code 1; an unknown flag, exit code 2). A
+    map that cannot be measured (unreadable, not 3D, NaN or codes outside the preset) is logged and listed in
+    `<output stem>_failures.csv` beside the CSV; the other maps are measured and written, and the run ends with exit
+    code 1 and one line per failure.
 
     Args:
         labelmaps: label map files (.nii, .nii.gz, .mhd, .mha, .nrrd) or folders of them.
