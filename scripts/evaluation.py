@@ -235,6 +235,15 @@ def _spearman(a: np.ndarray, b: np.ndarray) -> float:
     return float(spearmanr(a, b).statistic)
 
 
+SPLIT_CAVEATS = {
+    "validation": "Scoring the VALIDATION cases: the datalist has no test split (or --eval_split validation), and "
+    "these cases chose the best checkpoint, so the scores are optimistic. Hold out test subjects when training "
+    "(--datalist#num_test N, a layout with a test folder such as imagesTs/, or a --split_file with a test list).",
+    "training": "Scoring the TRAINING cases (--eval_split training): the model was fit to them, so the scores say "
+    "nothing about new scans.",
+}
+
+
 class SegmentationReport:
     """Ignite handler for an evaluator: scores every case in both protocols and, when the run completes, writes
     `metrics_volume.csv` (case x class), `metrics_paper.csv` (slice x class), `summary.json` and `summary.md`
@@ -248,6 +257,8 @@ class SegmentationReport:
         expected_dice_key: key of `scripts.confidence.ExpectedDiced`'s scores in an output item: written beside
             each case's measured Dice in `metrics_volume.csv`, with their rank correlation over the cases logged, so
             users can see on their own labelled scans how far the expected Dice of unlabelled scans can be trusted.
+        scored_split: the datalist split being scored (evaluate.json's `eval_split`), named in `summary.md`; any
+            split but "test" is warned about, since validation cases chose the checkpoint and training cases fit it.
     """
 
     def __init__(
@@ -258,7 +269,11 @@ class SegmentationReport:
         label_key: str = "label",
         paper_protocol: bool = True,
         expected_dice_key: str | None = "expected_dice",
+        scored_split: str = "test",
     ) -> None:
+        if scored_split not in ("training", "validation", "test"):
+            raise ValueError(f"scored_split {scored_split!r} is not one of training, validation, test")
+        self.scored_split = scored_split
         self.output_dir = Path(output_dir)
         self.expected_dice_key = expected_dice_key
         self.model_name = model_name
@@ -269,6 +284,8 @@ class SegmentationReport:
     def attach(self, engine) -> None:
         from ignite.engine import Events
 
+        if self.scored_split != "test":
+            logger.warning(SPLIT_CAVEATS[self.scored_split])
         engine.add_event_handler(Events.EPOCH_STARTED, lambda _: self.rows.clear())
         engine.add_event_handler(Events.ITERATION_COMPLETED, self.iteration_completed)
         engine.add_event_handler(Events.COMPLETED, self.completed)
@@ -319,6 +336,9 @@ class SegmentationReport:
             "Metrics per protocol: volume = 3D per case (mean ± sd over cases); paper = 2D per sagittal slice that "
             "holds the structure (mean ± sd over slices). Distances in mm; `empty pred` = scored items where the "
             "model found none of the structure (Dice 0, distances undefined and left out of the distance means).\n\n"
+            + f"Scored: the {self.scored_split} split ({len({r['case'] for r in self.rows})} cases)."
+            + ("" if self.scored_split == "test" else " " + SPLIT_CAVEATS[self.scored_split])
+            + "\n\n"
             + table
             + "\n",
         )

@@ -34,6 +34,7 @@ TYPED_EXPRESSION_KEYS: dict[str, Any] = {
     "sw_batch_size": 0,
     "pin_memory": False,
     "compile_kwargs": {},
+    "eval_split": "",
 }
 
 
@@ -94,6 +95,7 @@ VALUE_RULES: dict[str, Callable[[Any], str | None]] = {
     "num_workers": _at_least(0),
     "sw_batch_size": _at_least(1),
     "min_component_mm3": _at_least(0, "a volume in mm^3"),
+    "eval_split": lambda v: None if v in ("training", "validation", "test") else "is training, validation or test",
     "learning_rate": lambda v: None if v > 0 else "takes a number above 0",
     "cache_rate": _cache_rate,
     "label_preset": _label_preset,

@@ -370,3 +370,19 @@ def test_compile_kwargs_reach_torch_compile(phantom_dir, monkeypatch, config, en
         parser["network_def"]["features"] = [4, 8, 16, 32, 64]
         parser.get_parsed_content(engine)
         assert calls == expected
+
+
+@pytest.mark.parametrize(
+    "test_cases, expected", [([{"image": "t.nii.gz", "label": "t.nii.gz"}], "test"), ([], "validation")]
+)
+def test_evaluation_scores_the_test_split_and_says_when_it_falls_back(test_cases, expected):
+    """evaluate.json scores the test split; a datalist without one is scored on validation, and eval_split (named in
+    summary.md and warned about by SegmentationReport) says so."""
+    parser = ConfigParser()
+    parser.read_config([str(REPO_ROOT / "configs/train.json"), str(REPO_ROOT / "configs/evaluate.json")])
+    validation = [{"image": "v.nii.gz", "label": "v.nii.gz"}]
+    parser.update({"datalist": {"training": [], "validation": validation, "test": test_cases}})
+    assert parser.get_parsed_content("eval_split") == expected
+    assert parser.get_parsed_content("validate#dataset#data") == (test_cases or validation)
+    report = next(h for h in parser["validate#handlers"] if "SegmentationReport" in str(h.get("_target_", "")))
+    assert report["scored_split"] == "@eval_split"

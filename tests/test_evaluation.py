@@ -130,3 +130,16 @@ def test_segmentation_report_logs_each_case_and_writes_the_tables(tmp_path, capl
     assert volume_csv[0].startswith("case,protocol,class,dice")
     assert len(volume_csv) == 1 + 2  # header + femoral and tibial of the one case
     assert (tmp_path / "eval" / "metrics_paper.csv").is_file() and (tmp_path / "eval" / "summary.md").is_file()
+    assert "Scored: the test split (1 cases)." in (tmp_path / "eval" / "summary.md").read_text()
+
+    # a datalist without a test split is scored on its validation cases: said in the log and in summary.md
+    fallback = SegmentationReport(str(tmp_path / "val"), scored_split="validation")
+    with caplog.at_level(logging.WARNING, logger="scripts.evaluation"):
+        fallback.attach(SimpleNamespace(add_event_handler=lambda *args: None))
+    assert "Scoring the VALIDATION cases" in caplog.text
+    fallback.iteration_completed(engine)
+    fallback.completed()
+    text = (tmp_path / "val" / "summary.md").read_text()
+    assert "Scored: the validation split (1 cases). Scoring the VALIDATION cases" in text and "optimistic" in text
+    with pytest.raises(ValueError, match="scored_split 'tset' is not one of"):
+        SegmentationReport(str(tmp_path / "x"), scored_split="tset")
