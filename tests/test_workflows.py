@@ -97,6 +97,8 @@ def test_training_writes_models_and_logs(trained):
     weights = state(models / "model.pt")
     assert all(isinstance(v, torch.Tensor) for v in weights.values())  # a plain state_dict (Zoo, MONAI Label)
     assert any((trained / "eval" / "logs").glob("events.out.tfevents.*"))
+    record = json.loads((models / "model_preprocessing.json").read_text())  # what inference must repeat
+    assert record == {"inplane_spacing": -1, "intensity_percentiles": [0.5, 99.5]}  # TINY: the scans' own spacing
     full = checkpoint(trained, 3)
     assert {"model", "optimizer", "lr_scheduler", "trainer", "validator"} <= full.keys()
     assert full["trainer"]["iteration"] == 3 * 2 and "best_metric" in full["validator"]  # 2 iterations per epoch
@@ -286,6 +288,26 @@ def test_inference_writes_label_maps_in_input_geometry(phantoms, trained, tmp_pa
     )  # fmt: skip
     assert again.returncode != 0 and "already holds measurements.csv from an earlier run" in again.stderr
     assert not (out / "failures.csv").exists()  # stopped before any scan: nothing failed, nothing was written
+
+
+def test_inference_refuses_other_preprocessing_than_training(phantoms, trained, tmp_path):
+    """A model trained at the scans' own spacing (TINY) run at 0.5 mm would segment a wrongly scaled knee without any
+    error: refused before any scan is read, unless --check_preprocessing False."""
+    out = tmp_path / "seg"
+    common = ["--dataset_dir", str(phantoms / "imagesTs"), "--ckpt_dir", str(trained / "models"), "--output_dir"]
+    at_half_mm = [a for i, a in enumerate(TINY_INFER) if "inplane_spacing" not in (a, TINY_INFER[i - 1])]
+    at_half_mm += ["--inplane_spacing", "0.5"]
+    infer = "configs/inference.json"
+    run = bundle(*common, str(out), *at_half_mm, config=infer, check=False)
+    assert run.returncode != 0 and "inplane_spacing: trained with -1, this run uses 0.5" in run.stderr
+    assert "Run with the training settings (--inplane_spacing -1)" in run.stderr and not any(out.glob("*"))
+    evaluate = bundle(
+        *common, str(tmp_path / "ev"), "--intensity_percentiles", "[1,99]", *TINY,
+        config=["configs/train.json", "configs/evaluate.json"], check=False,
+    )  # fmt: skip
+    assert evaluate.returncode != 0 and "intensity_percentiles: trained with [0.5, 99.5]" in evaluate.stderr
+    bundle(*common, str(out), *at_half_mm, "--check_preprocessing", "False", "--measure", "False", config=infer)
+    assert len(list(out.glob("*_seg.nii.gz"))) == 2
 
 
 def test_folded_batch_norms_give_the_same_label_maps(phantoms, trained, tmp_path):

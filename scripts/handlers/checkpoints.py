@@ -14,6 +14,7 @@ from monai.handlers import CheckpointLoader, CheckpointSaver
 
 from scripts.checks import check_state_dict, load_checkpoint, state_dict_of
 from scripts.io_utils import atomic_path
+from scripts.model_record import RECORD_SUFFIX, write_record
 
 __all__ = [
     "BestModelSaver",
@@ -39,10 +40,13 @@ class BestModelSaver:
     Args:
         network: the module whose weights are saved (unwrapped, not DDP).
         save_path: the model file (`models/model.pt`).
+        settings: the preprocessing the network was trained with (train.json's `preprocessing_settings`), written
+            beside the model (`scripts.model_record`) so that inference can refuse other settings.
     """
 
-    def __init__(self, network: torch.nn.Module, save_path: str) -> None:
+    def __init__(self, network: torch.nn.Module, save_path: str, settings: Mapping[str, Any] | None = None) -> None:
         self.network, self.save_path = network, Path(save_path)
+        self.settings = settings
 
     def attach(self, engine) -> None:
         from ignite.engine import Events
@@ -55,6 +59,8 @@ class BestModelSaver:
             return
         with atomic_path(self.save_path) as tmp:
             torch.save(self.network.state_dict(), tmp)
+        if self.settings is not None:
+            write_record(self.save_path, self.settings)
         logger.info(
             "saved %s (%s %.4f at epoch %d)",
             self.save_path,
@@ -72,7 +78,7 @@ def track_best_metric(evaluator) -> None:
 
 
 # what a training run and the exports of its model write into ckpt_dir (docs/export.md, "models/ layout")
-RUN_FILES = ("model.pt", "checkpoint*.pt", "model.ts", "model.onnx")
+RUN_FILES = ("model.pt", f"model{RECORD_SUFFIX}", "checkpoint*.pt", "model.ts", "model.onnx")
 
 
 def check_run_dir(ckpt_dir: str, resume: bool = False, overwrite: bool = False, fine_tune: bool = False) -> bool:

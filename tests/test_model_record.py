@@ -1,0 +1,53 @@
+"""The preprocessing record kept beside a trained model (scripts/model_record.py)."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+
+from scripts.model_record import check_record, differences, record_path, write_record
+
+SETTINGS = {"inplane_spacing": 0.3646, "intensity_percentiles": (0.5, 99.5)}
+
+
+def test_record_round_trip_and_tolerance(tmp_path):
+    model = tmp_path / "model.pt"
+    path = write_record(model, SETTINGS)
+    assert path == record_path(model) == tmp_path / "model_preprocessing.json"
+    assert json.loads(path.read_text()) == {"inplane_spacing": 0.3646, "intensity_percentiles": [0.5, 99.5]}
+    assert check_record(model, {"inplane_spacing": 0.3646 + 1e-9, "intensity_percentiles": [0.5, 99.5]})
+    assert check_record(model, {"inplane_spacing": 0.3646})  # a setting this run does not have is not compared
+    write_record(model, {**SETTINGS, "inplane_spacing": -1})  # a new best model replaces the record
+    assert json.loads(path.read_text())["inplane_spacing"] == -1
+
+
+def test_other_preprocessing_is_refused_with_the_flags_to_repeat(tmp_path):
+    model = tmp_path / "model.pt"
+    write_record(model, SETTINGS)
+    other = {"inplane_spacing": -1, "intensity_percentiles": [1.0, 99.0]}
+    assert differences(json.loads(record_path(model).read_text()), other) == [
+        "inplane_spacing: trained with 0.3646, this run uses -1",
+        "intensity_percentiles: trained with [0.5, 99.5], this run uses [1.0, 99.0]",
+    ]
+    with pytest.raises(SystemExit) as stop:
+        check_record(model, other)
+    message = str(stop.value)
+    assert message.startswith(f"error: {model} was trained on scans preprocessed otherwise (model_preprocessing.json)")
+    assert "(--inplane_spacing 0.3646 --intensity_percentiles [0.5,99.5])" in message
+    assert "--check_preprocessing False" in message
+    assert check_record(model, other, enabled=False) is True
+
+
+def test_a_model_without_a_record_is_used_and_a_broken_record_is_named(tmp_path, caplog):
+    model = tmp_path / "model.pt"
+    with caplog.at_level(logging.INFO, logger="scripts.model_record"):
+        assert check_record(model, SETTINGS) is True
+    assert "cannot be checked" in caplog.text
+    record_path(model).write_text("{not json")
+    with pytest.raises(SystemExit, match="cannot read the model's training record .*model_preprocessing.json"):
+        check_record(model, SETTINGS)
+    record_path(model).write_text("[1, 2]")
+    with pytest.raises(SystemExit, match="is not a JSON object"):
+        check_record(model, SETTINGS)
