@@ -157,6 +157,26 @@ def test_flagged_pairs_are_written_but_left_out_of_the_summary(tmp_path):
     assert "femoral: laterality_differs" in table
 
 
+def test_an_unknown_side_flags_only_the_side_compartments(tmp_path):
+    """laterality_unknown is a flag of the whole scan, but only the medial / lateral split depends on the side: the
+    whole femur and tibia of a knee whose side is unknown (e.g. a centred phantom) still give a usable change."""
+    unknown = "laterality_unknown"
+    rows = [
+        _row("a_00m", "femoral", 1000.0, 2.0, laterality="unknown", flags=unknown),
+        _row("a_00m", "tibial_plate_A", 400.0, 2.0, laterality="unknown", flags=unknown),
+        _row("a_24m", "femoral", 900.0, 1.8, laterality="unknown", flags=unknown),
+        _row("a_24m", "tibial_plate_A", 380.0, 1.9, laterality="unknown", flags=f"{unknown};thick_over_7mm"),
+        _row("b_00m", "femoral", 1000.0, 2.0, laterality="unknown", flags=unknown),
+        _row("b_24m", "femoral", 800.0, 1.6, laterality="unknown", flags=f"{unknown};fragmented"),
+    ]
+    changes = {(c.subject, c.compartment): c for c in change_rows(read_measurements([_csv(tmp_path, rows)]))}
+    assert changes[("a", "femoral")].flags == ""  # usable
+    assert changes[("a", "tibial_plate_A")].flags == f"baseline:{unknown};followup:{unknown};thick_over_7mm"
+    assert changes[("b", "femoral")].flags == "followup:fragmented"  # other flags still count
+    femoral = next(s for s in summarise(list(changes.values())) if s.compartment == "femoral")
+    assert (femoral.n, femoral.n_flagged) == (1, 1)
+
+
 def test_subjects_with_one_visit_are_logged_and_a_run_without_pairs_is_an_error(tmp_path, caplog):
     rows = [_row("a_00m", "femoral", 1000.0, 2.0), _row("a_24m", "femoral", 900.0, 1.8)]
     rows.append(_row("lonely_00m", "femoral", 1000.0, 2.0))

@@ -408,6 +408,10 @@ def test_thickness_map_has_input_geometry(tmp_path):
     source, thickness = nib.load(str(src)), nib.load(str(tmp_path / "k_thickness.nii.gz"))
     assert thickness.shape == source.shape
     np.testing.assert_allclose(thickness.affine, source.affine, atol=1e-6)
+    # the folder now holds a label map and its thickness map, as an inference output folder does: only the label map
+    # is measured (a thickness map is not a label map and would fail as one)
+    main(str(tmp_path), output=str(tmp_path / "again.csv"))
+    assert {r["scan"] for r in csv.DictReader((tmp_path / "again.csv").open())} == {"k"}
     data = thickness.get_fdata()
     assert np.all(data[_knee() == 0] == 0) and np.all(data[_knee() > 0] > 0)
 

@@ -53,6 +53,20 @@ def _check_visits(visits: Iterable[str], visit_order: Sequence[str] | None) -> N
         )
 
 
+# compartments whose measurement does not depend on the knee's side, and the quantify flags that only concern the
+# medial / lateral split: a knee whose side is unknown still gives a valid whole-femur or whole-tibia change
+WHOLE_COMPARTMENTS = frozenset({"femoral", "tibial"})
+SIDE_FLAGS = frozenset({"laterality_unknown", "laterality_conflict", "ml_split_uncertain", "ml_labels_disagree"})
+
+
+def _relevant_flags(row: VisitRow) -> str:
+    """The row's quantify flags that bear on its compartment's change (";"-joined, as in the measurement CSV)."""
+    flags = [f for f in row.flags.split(";") if f.strip()]
+    if row.compartment in WHOLE_COMPARTMENTS:
+        flags = [f for f in flags if f.strip() not in SIDE_FLAGS]
+    return ";".join(f.strip() for f in flags)
+
+
 def _pair_flags(base: VisitRow, follow: VisitRow, min_expected_dice: float) -> list[str]:
     flags = []
     if base.laterality != follow.laterality:
@@ -61,10 +75,10 @@ def _pair_flags(base: VisitRow, follow: VisitRow, min_expected_dice: float) -> l
         flags.append("voxel_size_differs")
     if min_expected_dice > 0 and not _lower(base.expected_dice, follow.expected_dice) >= min_expected_dice:
         flags.append("low_expected_dice")  # also when a visit has no expected Dice: the threshold cannot be checked
-    if base.flags:
-        flags.append(f"baseline:{base.flags}")
-    if follow.flags:
-        flags.append(f"followup:{follow.flags}")
+    if _relevant_flags(base):
+        flags.append(f"baseline:{_relevant_flags(base)}")
+    if _relevant_flags(follow):
+        flags.append(f"followup:{_relevant_flags(follow)}")
     return flags
 
 

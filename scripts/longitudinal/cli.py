@@ -42,15 +42,17 @@ def main(
     a summary per compartment and follow-up visit (mean ± sd, range, knees thinned, SRM; --pool_visits: over all
     follow-ups) is logged and, with --markdown, written as Markdown tables. Pairs flagged laterality_differs,
     voxel_size_differs, low_expected_dice, or carrying a quantify flag from either visit (baseline:..., followup:...)
-    are in the CSV but not in the summary. Bad input stops the run before anything is written (`error: ...`, exit
-    code 1).
+    are in the CSV but not in the summary; flags about the knee's side (laterality_unknown, ...) count only for the
+    medial / lateral compartments, not for the whole femur and tibia. Bad input stops the run before anything is
+    written (`error: ...`, exit code 1).
 
     Args:
         measurements: CSV(s) written by `python -m scripts.quantify` (or the inference run's measurements.csv).
         output: the change CSV to write (required); an existing file is kept unless --overwrite True.
         markdown: if set, also write the summary and per-subject tables as Markdown there.
         scan_pattern: regular expression with named groups `subject` and `visit` that the whole scan name must match;
-            the default splits at the last underscore (9014797_00m: subject 9014797, visit 00m).
+            the default, ^(?P<subject>.+)_(?P<visit>[^_]+)$, splits at the last underscore (9014797_00m is subject
+            9014797 at visit 00m).
         visit_order: every visit label, baseline first, comma-separated (e.g. BL,Y1,Y2); by default visits are ordered
             by the first number in their label (00m < 12m < 96m) and the first is the baseline.
         min_expected_dice: flag (low_expected_dice) and leave out of the summary the pairs where either visit's

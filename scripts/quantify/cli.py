@@ -52,14 +52,24 @@ def measure_file(
     return volume, measurement
 
 
+def _is_thickness_map(path: Path) -> bool:
+    name = path.name.lower()
+    return any(name.endswith(f"_thickness{suffix}") for suffix in IMAGE_SUFFIXES)
+
+
 def _expand_inputs(labelmaps: Iterable[object]) -> list[Path]:
-    """Files as given, and the label maps inside any folder given. A missing path or a folder without label maps is a
-    ValueError naming it: a typo must not end as a CSV with fewer scans than the user meant."""
+    """Files as given, and the label maps inside any folder given (without the `<scan>_thickness.nii.gz` maps that
+    inference and this command write beside them, so an inference output folder can be measured as it is). A missing
+    path or a folder without label maps is a ValueError naming it: a typo must not end as a CSV with fewer scans than
+    the user meant."""
     paths: list[Path] = []
     for item in labelmaps:
         path = Path(str(item))
         if path.is_dir():
-            found = sorted(p for p in path.iterdir() if p.name.lower().endswith(IMAGE_SUFFIXES))
+            images = sorted(p for p in path.iterdir() if p.name.lower().endswith(IMAGE_SUFFIXES))
+            found = [p for p in images if not _is_thickness_map(p)]
+            if len(found) < len(images):
+                logger.info("%s: left out %d thickness map(s) (*_thickness.*)", path, len(images) - len(found))
             if not found:
                 raise ValueError(f"folder {path} holds no label maps (files ending in {', '.join(IMAGE_SUFFIXES)})")
             paths.extend(found)
