@@ -16,6 +16,7 @@ from scripts.agreement import (
     main,
     pair_measurements,
 )
+from scripts.agreement.cli import CHANGE_MEASURES
 
 HEADER = "scan,compartment,laterality,volume_mm3,thickness_mean_mm,thickness_median_mm,flags"
 
@@ -181,6 +182,11 @@ def test_change_between_visits_is_compared_with_other_key_columns(tmp_path):
     text = md.read_text()
     assert "| femoral | change in mean thickness/mm | 2 | -0.100 | -0.100 | +0.000 | - |" in text
     assert "| subject followup_visit | compartment |" in text and "| k1 24m | femoral |" in text
+    # keyed by follow-up visit, the change columns are the default measures (no --measures needed)
+    main(str(tmp_path / "change_auto.csv"), str(tmp_path / "change_ref.csv"), output=str(tmp_path / "all.csv"),
+         keys="subject,compartment,followup_visit")  # fmt: skip
+    measured = [r["measure"] for r in csv.DictReader((tmp_path / "all.csv").open())]
+    assert measured == [*CHANGE_MEASURES]
     with pytest.raises(SystemExit, match=r"--keys subject,followup_visit: name the columns .* compartment among them"):
         main(str(tmp_path / "change_auto.csv"), str(tmp_path / "change_ref.csv"), output=str(tmp_path / "x.csv"),
              keys="subject,followup_visit")  # fmt: skip

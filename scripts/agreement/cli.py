@@ -11,6 +11,14 @@ from scripts.agreement.report import write_agreement
 from scripts.agreement.stats import DEFAULT_MEASURES
 from scripts.io_utils import check_report_outputs
 
+# the change columns of scripts.longitudinal, compared by default when rows are keyed by follow-up visit
+CHANGE_MEASURES = (
+    "thickness_mean_change_mm",
+    "thickness_median_change_mm",
+    "volume_change_mm3",
+    "volume_change_percent",
+)
+
 
 def _column_list(value: object, flag: str) -> list[str]:
     """--measures / --keys as column names: Fire hands over `a,b` as the tuple ('a', 'b') and `a` as the text 'a'."""
@@ -34,7 +42,7 @@ def main(
     reference: str,
     output: str | None = None,
     markdown: str | None = None,
-    measures: str | Sequence[str] = ",".join(DEFAULT_MEASURES),
+    measures: str | Sequence[str] | None = None,
     common_only: bool = False,
     keys: str | Sequence[str] = ",".join(DEFAULT_KEYS),
     overwrite: bool = False,
@@ -52,11 +60,12 @@ def main(
         reference: measurement CSV of the reference (e.g. manual) segmentations of the same scans.
         output: the agreement CSV to write (required); an existing file is kept unless --overwrite True.
         markdown: if set, also write the tables as Markdown there.
-        measures: quantify columns to compare, comma-separated.
+        measures: columns to compare, comma-separated; by default volume_mm3, thickness_mean_mm,
+            thickness_median_mm, or with --keys ...,followup_visit the change columns of scripts.longitudinal
+            (thickness_mean_change_mm, thickness_median_change_mm, volume_change_mm3, volume_change_percent).
         common_only: compare the scans found in both CSVs; by default a scan in one CSV only is an error.
         keys: the columns that identify a row, compartment among them: scan,compartment for quantify's CSVs;
-            subject,compartment,followup_visit to compare the change CSVs of python -m scripts.longitudinal (with
-            --measures thickness_mean_change_mm,volume_change_percent, ...).
+            subject,compartment,followup_visit to compare the change CSVs of python -m scripts.longitudinal.
         overwrite: replace existing outputs (True/False).
 
     Returns:
@@ -67,8 +76,10 @@ def main(
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     try:
         overwrite, common_only = as_bool(overwrite, "overwrite"), as_bool(common_only, "common_only")
-        names = _column_list(measures, "--measures")
         key_columns = check_keys(_column_list(keys, "--keys"))
+        if measures is None:
+            measures = CHANGE_MEASURES if "followup_visit" in key_columns else DEFAULT_MEASURES
+        names = _column_list(measures, "--measures")
         check_report_outputs([automated, reference], output, markdown, overwrite, "agreement", AgreementError)
         written = write_agreement(
             automated, reference, str(output), markdown, names, common_only, overwrite, keys=key_columns

@@ -165,7 +165,10 @@ def _histogram(ax, measurement: ScanMeasurement) -> None:
         ax.hist(np.clip(values, 0, 7), weights=weights / weights.sum(), **hist_kw)
     ax.set_xlabel("thickness (mm)", fontsize=8)
     ax.set_ylabel("area fraction", fontsize=8)
-    ax.legend(fontsize=6)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=6)
+    else:  # no cartilage found: say so on the plot instead of an empty legend (and matplotlib's warning)
+        ax.text(0.5, 0.5, "no cartilage", ha="center", va="center", transform=ax.transAxes, fontsize=8)
     ax.tick_params(labelsize=7)
 
 
