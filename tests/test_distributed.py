@@ -115,8 +115,9 @@ def test_lr_scheduler_stepped_on_every_rank(ddp_run):
 @pytest.mark.slow
 def test_only_rank_zero_wrote_models_and_logs(ddp_run):
     models = sorted(p.name for p in (ddp_run / "models").iterdir())
-    assert "model.pt" in models and len(models) == 2, models  # the best model and ONE latest-state checkpoint
-    assert [m for m in models if m != "model.pt"][0].startswith("checkpoint"), models
+    # the best model with its preprocessing record, and ONE latest-state checkpoint
+    assert "model.pt" in models and "model_preprocessing.json" in models and len(models) == 3, models
+    assert [m for m in models if not m.startswith("model")][0].startswith("checkpoint"), models
     saved = torch.load(ddp_run / "models" / "model.pt", map_location="cpu", weights_only=True)
     weights = load_rank(ddp_run, 0)["state_dict"]
     assert all(torch.equal(saved[k], weights[k]) for k in saved)  # the plain network, not the DDP wrapper
