@@ -273,6 +273,19 @@ def test_split_plates_finds_the_gap():
     assert not split.uncertain and split.depth_ratio == 0
 
 
+@pytest.mark.parametrize("slice_mm", [0.7, 1.5, 3.5, 5.0])
+def test_split_plates_at_thick_sagittal_slices(slice_mm):
+    """Clinical 2D scans have sagittal slices 3-5 mm apart: the empty 1-mm bins between slices must not be taken for
+    the gap between the plates. Plates at world x 0-30 mm and 40-65 mm, sampled at the slice spacing."""
+    centres = np.arange(0.0, 66.0, slice_mm)
+    mask = np.zeros((len(centres), 40, 12), bool)
+    mask[centres <= 30.0, 5:35, 4:8] = True
+    mask[(centres >= 40.0) & (centres <= 65.0), 8:32, 4:8] = True
+    split = split_plates(mask, _affine((slice_mm, 0.3125, 0.3125), origin=(0.0, 0.0, 0.0)))
+    assert 30.0 - slice_mm / 2 <= split.split_x_mm <= 40.0 + slice_mm / 2
+    assert not split.uncertain
+
+
 def test_oaizib_cm_codes_used_and_anatomical_split_agrees():
     """OAIZIB-CM labels the plates (4 medial, 5 lateral): they are used directly, and the anatomical split (with the
     laterality from the affine) agrees with them on a synthetic right knee on every voxel."""

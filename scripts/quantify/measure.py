@@ -197,10 +197,13 @@ def split_plates(mask: np.ndarray, affine: np.ndarray, bin_mm: float = 1.0) -> P
 
     The medial and lateral tibial plates are separated by the intercondylar eminence, which carries no cartilage:
     the cartilage volume per mm of world x has two humps and a trough between them. The split plane is the deepest
-    point of the (lightly smoothed) profile within its central 60 %, or the middle of an empty stretch there.
+    point of the (lightly smoothed) profile within its central 60 %, or the middle of an empty stretch there. The bins
+    are at least as wide as the largest step of a voxel index along world x: with sagittal slices 3.5 mm apart, 1-mm
+    bins between two slices would be empty, and such a trough inside a plate would be taken for the gap.
     """
     ijk = np.argwhere(mask)
     x = _world(affine, ijk)[:, 0]
+    bin_mm = max(bin_mm, float(np.abs(np.asarray(affine, float)[0, :3]).max()))
     edges = np.arange(np.floor(x.min()), np.ceil(x.max()) + bin_mm, bin_mm)
     if len(edges) < 4:
         return PlateSplit(float(np.median(x)), True, 1.0)
