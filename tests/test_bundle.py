@@ -386,3 +386,15 @@ def test_evaluation_scores_the_test_split_and_says_when_it_falls_back(test_cases
     assert parser.get_parsed_content("validate#dataset#data") == (test_cases or validation)
     report = next(h for h in parser["validate#handlers"] if "SegmentationReport" in str(h.get("_target_", "")))
     assert report["scored_split"] == "@eval_split"
+
+
+def test_training_datalist_requires_validation_only_when_the_run_validates():
+    def required(*configs: str, **overrides) -> bool:
+        parser = ConfigParser()
+        parser.read_config([str(REPO_ROOT / "configs" / c) for c in configs])
+        parser.update(overrides)
+        return parser.get_parsed_content("datalist#require_validation")
+
+    assert required("train.json") is True
+    assert required("train.json", validate_final_epoch=False, val_interval=99, max_epochs=3) is False  # benchmark
+    assert required("train.json", "evaluate.json") is False  # evaluation scores test (or validation) cases

@@ -332,3 +332,15 @@ def test_committed_splits_cover_the_oai_label_maps(oai_label_files):
         assert sorted(s for k in ("training", "validation", "test") for s in spec[k]) == sorted(subjects)
         tested += spec["test"]
     assert sorted(tested) == sorted(subjects)
+
+
+def test_training_refuses_a_datalist_without_validation_cases(tmp_path):
+    """Two subjects at num_val 0.2 leave none for validation: a training would end without models/model.pt, so the
+    training datalist (require_validation) is refused with the fix in the message; evaluation's is not."""
+    for case in ("k1", "k2"):
+        write_nifti(tmp_path / "images" / f"{case}.nii.gz", np.random.default_rng(0).random((6, 8, 8), np.float32))
+        write_nifti(tmp_path / "labels" / f"{case}.nii.gz", label_volume())
+    with pytest.raises(DatasetError, match=r"no validation cases: 2 training subject\(s\) .* --datalist#num_val 1"):
+        prepare_datalist(str(tmp_path), num_val=0.2, require_validation=True)
+    assert len(prepare_datalist(str(tmp_path), num_val=0.2)["training"]) == 2
+    assert len(prepare_datalist(str(tmp_path), num_val=1, require_validation=True)["validation"]) == 1

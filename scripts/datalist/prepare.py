@@ -49,6 +49,7 @@ def prepare_datalist(
     phantoms: Mapping[str, Any] | None = None,
     exit_on_error: bool = False,
     num_workers: int = 2,
+    require_validation: bool = False,
 ) -> dict[str, list[dict[str, Any]]]:
     """Training, validation and test lists for `dataset_dir`, ready for the configs.
 
@@ -69,6 +70,8 @@ def prepare_datalist(
         exit_on_error: raise SystemExit with the one-paragraph message instead of a DatasetError (used by configs,
             so a user sees the problem, not a stack trace from inside the config parser).
         num_workers: threads used to validate files.
+        require_validation: refuse a datalist without validation cases (training: `models/model.pt` is written by
+            validation, so a training without it would end "successfully" with no model).
     """
     try:
         try:
@@ -104,6 +107,14 @@ def prepare_datalist(
                 splits["test"] = found["test"]
         if not splits["training"]:
             raise DatasetError(f"no training cases found in {root}")
+        if require_validation and not splits["validation"]:
+            raise DatasetError(
+                f"no validation cases: {len(splits['training'])} training subject(s) in {root} leave none for "
+                f"validation at num_val {num_val}, and models/model.pt, the best validated model, would never be "
+                "written. Give --datalist#num_val 1 (a count of subjects), add data, or give a --split_file with a "
+                "validation list (a run that only writes checkpoints: --validate_final_epoch False with a "
+                "val_interval above max_epochs)"
+            )
         if validate:
             validate_entries([e for s in SPLITS for e in splits[s]], label_preset, num_workers=num_workers)
         logger.info("datalist from %s: %s", root, ", ".join(f"{len(splits[s])} {s}" for s in SPLITS if splits.get(s)))
