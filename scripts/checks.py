@@ -273,7 +273,8 @@ def check_state_dict(state: Any, network: torch.nn.Module, source: str) -> None:
         f"error: checkpoint {source} does not fit the configured network {type(network).__name__}: "
         f"{'; '.join(parts)}. It was trained with another network or other network_def settings (features, "
         "eas_levels, ...): run it with the configs it was trained with (e.g. add configs/networks/unet.json for a "
-        "U-Net), or point --model_path/--ckpt_dir at the matching model."
+        "U-Net, or configs/demo.json for the quick start's smaller network), or point --model_path/--ckpt_dir at the "
+        "matching model."
     )
 
 

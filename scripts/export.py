@@ -12,6 +12,7 @@ Command line (the docstring of each command is its help; `--config` defaults to 
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -36,14 +37,18 @@ def load_network(
     config: str | Path | Sequence[str | Path] = "configs/inference.json",
     net_id: str = "network_def",
 ) -> torch.nn.Module:
-    """Build `net_id` from `config` (one file, or a list merged in order), load `checkpoint` strictly, eval mode."""
+    """Build `net_id` from `config` (one file, or a list merged in order), load `checkpoint` strictly, eval mode. A
+    missing, damaged or mismatched checkpoint (e.g. the demo's narrower network exported without configs/demo.json)
+    ends as one `error:` paragraph (`scripts.checks.require_checkpoint`), not a load_state_dict traceback."""
     from monai.bundle import ConfigParser
+
+    from scripts.checks import load_checkpoint, require_checkpoint
 
     parser = ConfigParser()
     parser.read_config([str(c) for c in config] if isinstance(config, (list, tuple)) else str(config))
     network = parser.get_parsed_content(net_id)
-    state = torch.load(str(checkpoint), map_location="cpu", weights_only=True)
-    network.load_state_dict(state, strict=True)
+    require_checkpoint(str(checkpoint), network)
+    network.load_state_dict(load_checkpoint(checkpoint), strict=True)
     return network.eval()
 
 
@@ -121,6 +126,12 @@ def onnx(
     except ValueError as err:
         raise SystemExit(f"error: {err}") from None
     check_writable_target(output, overwrite)
+    missing = [name for name in ("onnx", "onnxruntime") if importlib.util.find_spec(name) is None]
+    if missing:
+        raise SystemExit(
+            f"error: ONNX export needs {' and '.join(missing)}, which the bundle itself does not: "
+            "pip install -r requirements-dev.txt (or onnx and onnxruntime at the versions pinned there)"
+        )
     network = load_network(checkpoint, config, net_id)
     with atomic_path(output, overwrite) as tmp:
         export_onnx(network, tmp, torch.rand(1, in_channels, size, size), opset)
@@ -132,4 +143,4 @@ def onnx(
 if __name__ == "__main__":
     from scripts.cli import run_command
 
-    run_command({"onnx": onnx}, "scripts.export")
+    run_command({"onnx": onnx}, "scripts.export", user_errors=(FileExistsError,))

@@ -76,6 +76,8 @@ def test_existing_output_is_kept(exported):
 
 def test_checkpoint_of_another_network_is_refused(tmp_path):
     checkpoint = random_checkpoint(tmp_path / "small.pt", {"network_def#features": [8, 16, 32, 64, 128]})
-    with pytest.raises(RuntimeError, match="size mismatch"):
+    with pytest.raises(SystemExit, match=r"^error: checkpoint .*small.pt does not fit the configured network EASUNet"):
         load_network(checkpoint, INFERENCE)
+    with pytest.raises(SystemExit, match=r"^error: no model checkpoint at .*missing.pt"):
+        load_network(tmp_path / "missing.pt", INFERENCE)
     assert not (tmp_path / "model.onnx").exists()
