@@ -365,3 +365,25 @@ def test_progress_logger_reads_a_loss_that_still_carries_its_graph(caplog):
     lines = [r.getMessage() for r in caplog.records if r.name == "progress"]
     assert "epoch 1 iteration 2/2 loss 3.0000" in lines
     assert any(line.startswith("epoch 1/1 done in") and "loss 3.0000" in line for line in lines)
+
+
+def test_progress_line_shows_the_learning_rate_the_epoch_used(caplog):
+    """The LR scheduler steps at EPOCH_COMPLETED before the progress line is written; the line must show the rate
+    the epoch trained with (0.05 for epoch 1 of a run starting at 0.05), not the next epoch's."""
+    import logging
+
+    import torch
+    from ignite.engine import Engine, Events
+
+    from scripts.handlers import ProgressLogger
+
+    weight = torch.nn.Parameter(torch.zeros(1))
+    engine = Engine(lambda e, b: {"loss": 1.0})
+    engine.optimizer = torch.optim.SGD([weight], lr=0.05)
+    schedule = torch.optim.lr_scheduler.LambdaLR(engine.optimizer, lambda epoch: 0.5**epoch)
+    engine.add_event_handler(Events.EPOCH_COMPLETED, lambda _: schedule.step())  # before the logger, as in train.json
+    ProgressLogger().attach(engine)
+    with caplog.at_level(logging.INFO, logger="progress"):
+        engine.run(range(2), max_epochs=2)
+    lines = [r.getMessage() for r in caplog.records if "done in" in r.getMessage()]
+    assert "lr 0.05," in lines[0] and "lr 0.025," in lines[1], lines

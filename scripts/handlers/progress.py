@@ -36,6 +36,7 @@ class ProgressLogger:
         self.logger = logging.getLogger(name)
         self._run_start = self._epoch_start = self._last_iteration = 0.0
         self._samples = self._start_epoch = 0
+        self._epoch_lr = float("nan")
 
     def attach(self, engine) -> None:
         from ignite.engine import Events
@@ -51,6 +52,7 @@ class ProgressLogger:
     def _epoch_started(self, engine) -> None:
         self._epoch_start = self._last_iteration = time.perf_counter()
         self._samples = 0
+        self._epoch_lr = self._lr(engine)  # the rate of this epoch: the scheduler steps before the epoch's log line
 
     def _loss(self, engine) -> float:
         output = engine.state.output
@@ -89,7 +91,7 @@ class ProgressLogger:
             total,
             epoch_time,
             self._loss(engine),
-            self._lr(engine),
+            self._epoch_lr,
             self._samples / max(self._last_iteration - self._epoch_start, 1e-9),  # training only, not validation
             time.strftime("%H:%M:%S", time.gmtime(eta)),
         )
