@@ -76,14 +76,14 @@ def test_version_in_changelog():
 
 def test_package_versions_match_requirements():
     """metadata.json and requirements.txt pin the same versions (the Zoo installs from metadata, users from
-    requirements.txt); `optional_packages_version` is the copy older tools read."""
+    requirements.txt); no deprecated `optional_packages_version`, which MONAI 1.6 warns about on every run."""
     meta = load_json(META)
     pins = {}
     for line in (REPO_ROOT / "requirements.txt").read_text().splitlines():
         if "==" in line and not line.lstrip().startswith("#"):
             name, version = line.split("#")[0].strip().split("==")
             pins[name.lower()] = version
-    assert meta["optional_packages_version"] == meta["required_packages_version"]
+    assert "optional_packages_version" not in meta
     expected = {"monai": meta["monai_version"], "torch": meta["pytorch_version"], "numpy": meta["numpy_version"]}
     expected.update({k.lower(): v for k, v in meta["required_packages_version"].items()})
     assert {k: pins.get(k) for k in expected} == expected
