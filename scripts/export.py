@@ -42,13 +42,14 @@ def load_network(
     ends as one `error:` paragraph (`scripts.checks.require_checkpoint`), not a load_state_dict traceback."""
     from monai.bundle import ConfigParser
 
-    from scripts.checks import load_checkpoint, require_checkpoint
+    from scripts.checks import check_state_dict, load_checkpoint, require_checkpoint, state_dict_of
 
     parser = ConfigParser()
     parser.read_config([str(c) for c in config] if isinstance(config, (list, tuple)) else str(config))
     network = parser.get_parsed_content(net_id)
-    require_checkpoint(str(checkpoint), network)
-    network.load_state_dict(load_checkpoint(checkpoint), strict=True)
+    state = state_dict_of(load_checkpoint(require_checkpoint(str(checkpoint))))  # read once, checked, then loaded
+    check_state_dict(state, network, str(checkpoint))
+    network.load_state_dict(state, strict=True)
     return network.eval()
 
 

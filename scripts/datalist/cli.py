@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from scripts.datalist.layouts import _collect, _detect_layout, _require_dir
+from scripts.datalist.layouts import _require_dir, collect_cases
 from scripts.datalist.names import SPLITS, DatasetError
 from scripts.datalist.prepare import prepare_datalist
 from scripts.datalist.splits import _write_split_file, cross_validation_folds, fold_path, split_by_subject
@@ -90,7 +90,7 @@ def write_split(
 
     overwrite = as_bool(overwrite, "overwrite")
     root = _require_dir(dataset_dir, "dataset_dir")
-    pool = _collect(root, _detect_layout(root) if layout == "auto" else layout, None).get("training", [])
+    pool = collect_cases(root, layout).get("training", [])
     if not pool:
         raise DatasetError(f"no training cases to split in {root} (test cases, e.g. imagesTs/, are not split)")
     if not folds:
@@ -127,7 +127,7 @@ def check(
     """
     get_preset(label_preset)  # an unknown preset is one error, not one per file
     root = _require_dir(dataset_dir, "dataset_dir")
-    found = _collect(root, _detect_layout(root) if layout == "auto" else layout, images_dir)
+    found = collect_cases(root, layout, images_dir)
     entries = [e for s in SPLITS for e in found.get(s, [])]
     if not entries:
         raise DatasetError(f"no image/label pairs found in {root} (layout {layout})")

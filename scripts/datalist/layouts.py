@@ -196,6 +196,11 @@ def _detect_layout(root: Path) -> str:
     return "labels"
 
 
+def collect_cases(root: Path, layout: str = "auto", images_dir: str | None = None) -> dict[str, list[dict[str, Any]]]:
+    """Entries per split found in `root`, with the layout detected when `layout` is "auto"."""
+    return _collect(root, _detect_layout(root) if layout == "auto" else layout, images_dir)
+
+
 def _collect(root: Path, layout: str, images_dir: str | None) -> dict[str, list[dict[str, Any]]]:
     """Entries per split found in `root` ("training" is the pool that is later split into training/validation)."""
     if layout == "datalist":

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from scripts.datalist.layouts import _collect, _detect_layout
+from scripts.datalist.layouts import collect_cases
 from scripts.datalist.names import SPLITS, DatasetError
 from scripts.datalist.splits import _apply_split_file, split_by_subject
 from scripts.datalist.validation import validate_entries
@@ -88,7 +88,7 @@ def prepare_datalist(
                 f"dataset_dir {root} {'is empty' if root.exists() else 'does not exist'}; point dataset_dir at "
                 "your data (see README.md), or leave it at its default to generate knee phantoms"
             )
-        found = _collect(root, _detect_layout(root) if layout == "auto" else layout, images_dir)
+        found = collect_cases(root, layout, images_dir)
         pool = found.get("training", [])
         if split_file:
             everything = pool + found.get("validation", []) + found.get("test", [])

@@ -75,10 +75,9 @@ def _pair_flags(base: VisitRow, follow: VisitRow, min_expected_dice: float) -> l
         flags.append("voxel_size_differs")
     if min_expected_dice > 0 and not _lower(base.expected_dice, follow.expected_dice) >= min_expected_dice:
         flags.append("low_expected_dice")  # also when a visit has no expected Dice: the threshold cannot be checked
-    if _relevant_flags(base):
-        flags.append(f"baseline:{_relevant_flags(base)}")
-    if _relevant_flags(follow):
-        flags.append(f"followup:{_relevant_flags(follow)}")
+    for visit, row in (("baseline", base), ("followup", follow)):
+        if relevant := _relevant_flags(row):
+            flags.append(f"{visit}:{relevant}")
     return flags
 
 
