@@ -5,6 +5,8 @@ everything else (onnxruntime, TensorRT, OpenVINO). The network is built from the
 file that trained or runs it), loaded strictly from a plain state_dict with `weights_only=True`, put in eval mode (one
 fused output, no deep-supervision list) and exported with batch, height and width dynamic; height and width must be
 multiples of 16 at run time. The exported file is verified with onnxruntime before it is moved to its final name.
+The preprocessing the model was trained with (`model_preprocessing.json` beside the checkpoint) travels inside the
+ONNX file as the metadata entry `model_preprocessing` (JSON), since the file is useless without it.
 
 Command line (the docstring of each command is its help; `--config` defaults to configs/inference.json):
     python -m scripts.export onnx --checkpoint models/model.pt --output models/model.onnx
@@ -13,6 +15,7 @@ Command line (the docstring of each command is its help; `--config` defaults to 
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,13 +25,15 @@ import torch
 
 from scripts.cli import as_bool
 from scripts.io_utils import atomic_path, check_writable_target
+from scripts.model_record import read_record, record_path
 
-__all__ = ["DEFAULT_OPSET", "load_network", "export_onnx", "check_onnx", "onnx"]
+__all__ = ["DEFAULT_OPSET", "RECORD_METADATA_KEY", "load_network", "export_onnx", "add_metadata", "check_onnx", "onnx"]
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_OPSET = 18
 INPUT_NAME, OUTPUT_NAME = "image", "pred"  # metadata.json's network_data_format keys
+RECORD_METADATA_KEY = "model_preprocessing"  # ONNX metadata_props key of the training record
 DYNAMIC_AXES = {INPUT_NAME: {0: "batch", 2: "height", 3: "width"}, OUTPUT_NAME: {0: "batch", 2: "height", 3: "width"}}
 
 
@@ -68,6 +73,19 @@ def export_onnx(network: torch.nn.Module, path: str | Path, example: torch.Tenso
             dynamo=False,  # the TorchScript-based exporter: no onnxscript dependency, dynamic shapes via dynamic_axes
         )
     return path
+
+
+def add_metadata(path: str | Path, entries: dict[str, str]) -> None:
+    """Add (or replace) `entries` in the ONNX file's metadata_props, in place."""
+    import onnx as onnx_lib
+
+    model = onnx_lib.load(str(path))
+    kept = [p for p in model.metadata_props if p.key not in entries]
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept)
+    for key, value in entries.items():
+        model.metadata_props.add(key=key, value=value)
+    onnx_lib.save(model, str(path))
 
 
 def check_onnx(
@@ -134,10 +152,21 @@ def onnx(
             "pip install -r requirements-dev.txt (or onnx and onnxruntime at the versions pinned there)"
         )
     network = load_network(checkpoint, config, net_id)
+    record = read_record(checkpoint)
     with atomic_path(output, overwrite) as tmp:
         export_onnx(network, tmp, torch.rand(1, in_channels, size, size), opset)
+        if record is not None:
+            add_metadata(tmp, {RECORD_METADATA_KEY: json.dumps(record, sort_keys=True)})
         worst = check_onnx(network, tmp, [(1, in_channels, size, size), (2, in_channels, size + 32, size + 16)], atol)
     logger.info("wrote %s (opset %d); onnxruntime matches PyTorch within %.2g", output, opset, worst)
+    if record is None:
+        logger.warning(
+            "%s has no %s beside it: the ONNX file does not say which preprocessing its input needs",
+            checkpoint,
+            record_path(checkpoint).name,
+        )
+    else:
+        logger.info("its metadata entry %r holds the training preprocessing %s", RECORD_METADATA_KEY, record)
     return str(output)
 
 

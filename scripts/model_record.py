@@ -18,7 +18,7 @@ from typing import Any
 
 from scripts.io_utils import atomic_write_text
 
-__all__ = ["RECORD_SUFFIX", "record_path", "write_record", "check_record", "differences"]
+__all__ = ["RECORD_SUFFIX", "record_path", "write_record", "read_record", "check_record", "differences"]
 
 RECORD_SUFFIX = "_preprocessing.json"
 
@@ -67,21 +67,30 @@ def differences(recorded: Mapping[str, Any], settings: Mapping[str, Any]) -> lis
     ]
 
 
-def check_record(model_path: str | Path, settings: Mapping[str, Any], enabled: bool = True) -> bool:
-    """Exit with one paragraph when the model's training record names other preprocessing than `settings`; a model
-    without a record (trained before version 0.4.15, or elsewhere) is used with a log line saying it is unchecked."""
+def read_record(model_path: str | Path) -> dict[str, Any] | None:
+    """The training record beside `model_path`, or None when there is none; an unreadable record is an error."""
     path = record_path(model_path)
-    if not enabled:
-        return True
     if not path.is_file():
-        logger.info("%s has no %s beside it: its training preprocessing cannot be checked", model_path, path.name)
-        return True
+        return None
     try:
         recorded = json.loads(path.read_text())
     except (OSError, ValueError) as e:
         raise SystemExit(f"error: cannot read the model's training record {path}: {e}") from None
     if not isinstance(recorded, Mapping):
         raise SystemExit(f"error: the model's training record {path} is not a JSON object")
+    return dict(recorded)
+
+
+def check_record(model_path: str | Path, settings: Mapping[str, Any], enabled: bool = True) -> bool:
+    """Exit with one paragraph when the model's training record names other preprocessing than `settings`; a model
+    without a record (trained before version 0.4.15, or elsewhere) is used with a log line saying it is unchecked."""
+    path = record_path(model_path)
+    if not enabled:
+        return True
+    recorded = read_record(model_path)
+    if recorded is None:
+        logger.info("%s has no %s beside it: its training preprocessing cannot be checked", model_path, path.name)
+        return True
     found = differences(recorded, settings)
     if found:
         keys = [line.split(":")[0] for line in found]
@@ -89,7 +98,7 @@ def check_record(model_path: str | Path, settings: Mapping[str, Any], enabled: b
         raise SystemExit(
             f"error: {model_path} was trained on scans preprocessed otherwise ({path.name}): {'; '.join(found)}. "
             "The network would see the knee at another scale or contrast and return wrong segmentations without "
-            f"any error. Run with the training settings ({flags}), or pass --check_preprocessing False to use "
-            "the model anyway."
+            f"any error. Run with the training settings ({flags}; or list {path} last in --config_file), or pass "
+            "--check_preprocessing False to use the model anyway."
         )
     return True

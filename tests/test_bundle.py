@@ -135,6 +135,33 @@ def test_ckpt_export_scripts_and_matches_eager(tmp_path, random_model):
     assert torch.allclose(actual, expected, atol=1e-4)
 
 
+def test_ckpt_export_carries_the_training_record(tmp_path, random_model):
+    """Adding models/model_preprocessing.json to ckpt_export's config list (docs/export.md) stores it in model.ts and
+    exports the network of a config that uses the model's own preprocessing."""
+    from scripts.model_record import write_record
+
+    model = tmp_path / "model.pt"  # a copy: the shared model must stay without a record
+    shutil.copyfile(random_model, model)
+    record = {"inplane_spacing": 0.5, "intensity_percentiles": [1.0, 99.0]}
+    record_file = write_record(model, record)
+    ts_path = tmp_path / "model.ts"
+    configs = [str(INFERENCE), str(record_file)]
+    ckpt_export(
+        net_id="network_def",
+        filepath=str(ts_path),
+        ckpt_file=str(model),
+        meta_file=str(META),
+        config_file=configs,
+    )
+    extra = {"model_preprocessing.json": "", "inference.json": ""}
+    torch.jit.load(str(ts_path), map_location="cpu", _extra_files=extra)
+    assert json.loads(extra["model_preprocessing.json"]) == record
+    assert json.loads(extra["inference.json"])["preprocessing_settings"]["inplane_spacing"] == "@inplane_spacing"
+    parser = ConfigParser()
+    parser.read_config(configs)
+    assert parser.get_parsed_content("preprocessing_settings") == record
+
+
 TRAIN_WORKFLOWS = {
     "train": ["configs/train.json"],
     "train+evaluate": ["configs/train.json", "configs/evaluate.json"],

@@ -81,3 +81,32 @@ def test_checkpoint_of_another_network_is_refused(tmp_path):
     with pytest.raises(SystemExit, match=r"^error: no model checkpoint at .*missing.pt"):
         load_network(tmp_path / "missing.pt", INFERENCE)
     assert not (tmp_path / "model.onnx").exists()
+
+
+def test_training_record_travels_in_the_onnx_metadata(tmp_path, exported):
+    """The preprocessing the model was trained with (model_preprocessing.json beside the checkpoint) is stored in the
+    ONNX file; a checkpoint without a record gives a file without the entry, not an invented one."""
+    import json
+
+    from scripts.export import RECORD_METADATA_KEY
+    from scripts.model_record import write_record
+
+    checkpoint = random_checkpoint(tmp_path / "model.pt")
+    record = {"inplane_spacing": -1, "intensity_percentiles": [0.5, 99.5]}
+    write_record(checkpoint, record)
+    output = tmp_path / "model.onnx"
+    export_onnx_cli(checkpoint=str(checkpoint), output=str(output), config=str(INFERENCE))
+    props = {p.key: p.value for p in onnx.load(str(output)).metadata_props}
+    assert json.loads(props[RECORD_METADATA_KEY]) == record
+    session = onnxruntime.InferenceSession(str(output), providers=["CPUExecutionProvider"])
+    assert json.loads(session.get_modelmeta().custom_metadata_map[RECORD_METADATA_KEY]) == record
+
+    assert RECORD_METADATA_KEY not in {p.key for p in onnx.load(str(exported[1])).metadata_props}
+
+
+def test_unreadable_training_record_stops_the_export(tmp_path):
+    checkpoint = random_checkpoint(tmp_path / "model.pt")
+    (tmp_path / "model_preprocessing.json").write_text("[1, 2")
+    with pytest.raises(SystemExit, match=r"^error: cannot read the model's training record .*model_preprocessing"):
+        export_onnx_cli(checkpoint=str(checkpoint), output=str(tmp_path / "model.onnx"), config=str(INFERENCE))
+    assert not (tmp_path / "model.onnx").exists()

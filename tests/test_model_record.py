@@ -35,7 +35,7 @@ def test_other_preprocessing_is_refused_with_the_flags_to_repeat(tmp_path):
         check_record(model, other)
     message = str(stop.value)
     assert message.startswith(f"error: {model} was trained on scans preprocessed otherwise (model_preprocessing.json)")
-    assert "(--inplane_spacing 0.3646 --intensity_percentiles [0.5,99.5])" in message
+    assert f"(--inplane_spacing 0.3646 --intensity_percentiles [0.5,99.5]; or list {record_path(model)} last" in message
     assert "--check_preprocessing False" in message
     assert check_record(model, other, enabled=False) is True
 
