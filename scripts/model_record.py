@@ -67,27 +67,36 @@ def differences(recorded: Mapping[str, Any], settings: Mapping[str, Any]) -> lis
     ]
 
 
-def read_record(model_path: str | Path) -> dict[str, Any] | None:
-    """The training record beside `model_path`, or None when there is none; an unreadable record is an error."""
+def read_record(model_path: str | Path, error: type[Exception] | None = None) -> dict[str, Any] | None:
+    """The training record beside `model_path`, or None when there is none; an unreadable record is an error
+    (SystemExit, or `error` when given)."""
     path = record_path(model_path)
     if not path.is_file():
         return None
     try:
         recorded = json.loads(path.read_text())
     except (OSError, ValueError) as e:
-        raise SystemExit(f"error: cannot read the model's training record {path}: {e}") from None
+        raise (error or SystemExit)(f"error: cannot read the model's training record {path}: {e}") from None
     if not isinstance(recorded, Mapping):
-        raise SystemExit(f"error: the model's training record {path} is not a JSON object")
+        raise (error or SystemExit)(f"error: the model's training record {path} is not a JSON object")
     return dict(recorded)
 
 
-def check_record(model_path: str | Path, settings: Mapping[str, Any], enabled: bool = True) -> bool:
+def check_record(
+    model_path: str | Path,
+    settings: Mapping[str, Any],
+    enabled: bool = True,
+    error: type[Exception] | None = None,
+) -> bool:
     """Exit with one paragraph when the model's training record names other preprocessing than `settings`; a model
-    without a record (trained before version 0.4.15, or elsewhere) is used with a log line saying it is unchecked."""
+    without a record (trained before version 0.4.15, or elsewhere) is used with a log line saying it is unchecked.
+
+    `error`: raise this exception type with the paragraph instead of exiting: a server (MONAI Label) must fail the
+    request, not end its process; SystemExit is for the command line."""
     path = record_path(model_path)
     if not enabled:
         return True
-    recorded = read_record(model_path)
+    recorded = read_record(model_path, error)
     if recorded is None:
         logger.info("%s has no %s beside it: its training preprocessing cannot be checked", model_path, path.name)
         return True
@@ -95,10 +104,11 @@ def check_record(model_path: str | Path, settings: Mapping[str, Any], enabled: b
     if found:
         keys = [line.split(":")[0] for line in found]
         flags = " ".join(f"--{key} {json.dumps(recorded[key], separators=(',', ':'))}" for key in keys)
-        raise SystemExit(
+        message = (
             f"error: {model_path} was trained on scans preprocessed otherwise ({path.name}): {'; '.join(found)}. "
             "The network would see the knee at another scale or contrast and return wrong segmentations without "
             f"any error. Run with the training settings ({flags}; or list {path} last in --config_file), or pass "
             "--check_preprocessing False to use the model anyway."
         )
+        raise (error or SystemExit)(message)
     return True

@@ -228,6 +228,29 @@ def check_infer(task, image: Path, bundle: Path, truth: Path | None = None) -> d
     return summary
 
 
+def check_refuses_other_preprocessing(bundle: Path, image: Path) -> dict[str, Any]:
+    """A model whose training record names other preprocessing than inference.json's fails the request with the
+    bundle's paragraph (a ValueError, so the server lives on), instead of segmenting at the wrong scale."""
+    record = bundle / "models" / "model_preprocessing.json"  # scripts.model_record.record_path
+    record.write_text(json.dumps({"inplane_spacing": -1, "intensity_percentiles": [0.5, 99.5]}))
+    try:
+        task = infer_task(bundle)
+        try:
+            task({"image": str(image), "device": "cpu"})
+        except Exception as e:  # MONAI's config parser wraps the check's ValueError
+            chain, cause = [], e
+            while cause is not None:
+                chain.append(f"{type(cause).__name__}: {cause}")
+                cause = cause.__cause__ or cause.__context__
+            found = [c for c in chain if "trained on scans preprocessed otherwise" in c]
+            require(bool(found), f"the request failed for another reason: {chain}")
+            require(found[0].startswith("ValueError"), f"not a ValueError: {found[0][:120]}")
+            return {"error": found[0][:160] + "..."}
+        raise CheckFailed("a model trained with inplane_spacing -1 segmented at 0.3646 mm without an error")
+    finally:
+        record.unlink()
+
+
 class AppBundleTrainTask:
     """Factory for a BundleTrainTask subclass whose `_update_overrides` (MONAI Label's extension hook) adds
     APP_OVERRIDES; defined lazily so this module imports without monailabel."""
@@ -293,6 +316,14 @@ def resolved_train_key(bundle: Path, key: str) -> Any:
         return parser.get_parsed_content(key)
     finally:
         sys.path.remove(str(bundle))
+
+
+def check_train_record(bundle: Path) -> dict[str, Any]:
+    """The train request wrote the preprocessing record beside model.pt, with inference.json's values (so the
+    request after it, `infer_trained`, passes the preprocessing check)."""
+    record = bundle / "models" / "model_preprocessing.json"  # scripts.model_record.record_path
+    require(record.is_file(), f"training wrote no {record.name}")
+    return json.loads(record.read_text())
 
 
 def check_strict_load(bundle: Path) -> None:
@@ -366,10 +397,16 @@ def main(argv: list[str] | None = None) -> int:
             run_step(summary, "infer_ras_oracle", lambda: check_infer(task, ras_image, bundle, ras_label))
             run_step(summary, "infer_reoriented_oracle", lambda: check_infer(task, other_image, bundle, other_label))
             run_step(summary, "infer_repeat_random_model", lambda: check_infer(task, ras_image, bundle))
+            run_step(
+                summary,
+                "infer_refuses_other_preprocessing",
+                lambda: check_refuses_other_preprocessing(bundle, ras_image),
+            )
 
         datastore = build_datastore(pairs, workdir / "datastore", workdir)
         run_step(summary, "train_1_epoch", lambda: check_train(bundle, datastore))
         run_step(summary, "trained_model_loads_strict", lambda: check_strict_load(bundle))
+        run_step(summary, "train_wrote_record", lambda: check_train_record(bundle))
         run_step(summary, "infer_trained", lambda: check_infer(infer_task(bundle), other_image, bundle))
     finally:
         if not args.keep and args.workdir is None:

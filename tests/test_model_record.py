@@ -51,3 +51,31 @@ def test_a_model_without_a_record_is_used_and_a_broken_record_is_named(tmp_path,
     record_path(model).write_text("[1, 2]")
     with pytest.raises(SystemExit, match="is not a JSON object"):
         check_record(model, SETTINGS)
+
+
+def test_under_monailabel_the_preprocessing_check_fails_the_request_not_the_server(tmp_path, monkeypatch):
+    """MONAI Label builds `preprocessing` without running `initialize`; inference.json's `preprocessing` requires
+    `server_preprocessing_check`, which under a MONAI Label server (MONAI_LABEL_APP_DIR set) raises a ValueError
+    (the request fails, the server lives on) and on the command line leaves the check to `initialize`."""
+    from pathlib import Path
+
+    from monai.bundle import ConfigParser
+
+    write_record(tmp_path / "models" / "model.pt", {**SETTINGS, "inplane_spacing": -1})
+    inference = Path(__file__).resolve().parents[1] / "configs" / "inference.json"
+
+    def parse_preprocessing():
+        parser = ConfigParser()
+        parser.read_config(str(inference))
+        parser["bundle_root"] = str(tmp_path)
+        return parser.get_parsed_content("preprocessing")
+
+    monkeypatch.delenv("MONAI_LABEL_APP_DIR", raising=False)
+    assert parse_preprocessing().transforms  # the command line: initialize checks, before any scan is read
+    monkeypatch.setenv("MONAI_LABEL_APP_DIR", str(tmp_path / "app"))
+    with pytest.raises(RuntimeError) as failure:
+        parse_preprocessing()
+    cause = failure.value.__cause__
+    assert isinstance(cause, ValueError) and "inplane_spacing: trained with -1, this run uses 0.3646" in str(cause)
+    write_record(tmp_path / "models" / "model.pt", SETTINGS)
+    assert parse_preprocessing().transforms

@@ -300,7 +300,7 @@ def test_inference_refuses_other_preprocessing_than_training(phantoms, trained, 
     infer = "configs/inference.json"
     run = bundle(*common, str(out), *at_half_mm, config=infer, check=False)
     assert run.returncode != 0 and "inplane_spacing: trained with -1, this run uses 0.5" in run.stderr
-    assert "Run with the training settings (--inplane_spacing -1)" in run.stderr and not any(out.glob("*"))
+    assert "Run with the training settings (--inplane_spacing -1; or list " in run.stderr and not any(out.glob("*"))
     evaluate = bundle(
         *common, str(tmp_path / "ev"), "--intensity_percentiles", "[1,99]", *TINY,
         config=["configs/train.json", "configs/evaluate.json"], check=False,
@@ -308,6 +308,10 @@ def test_inference_refuses_other_preprocessing_than_training(phantoms, trained, 
     assert evaluate.returncode != 0 and "intensity_percentiles: trained with [0.5, 99.5]" in evaluate.stderr
     bundle(*common, str(out), *at_half_mm, "--check_preprocessing", "False", "--measure", "False", config=infer)
     assert len(list(out.glob("*_seg.nii.gz"))) == 2
+    own = tmp_path / "own"  # the record listed after inference.json: the model's own preprocessing, checked and run
+    record = str(trained / "models" / "model_preprocessing.json")
+    bundle(*common, str(own), *at_half_mm[:-2], "--measure", "False", config=[infer, record])
+    assert len(list(own.glob("*_seg.nii.gz"))) == 2
 
 
 def test_folded_batch_norms_give_the_same_label_maps(phantoms, trained, tmp_path):
