@@ -44,6 +44,18 @@ def as_bool(value: object, flag: str) -> bool:
 FIRE_FLAGS = frozenset({"help", "h", "interactive", "i", "separator", "completion", "trace", "t", "verbose", "v"})
 
 
+HELP_FLAGS = ("--help", "-h")
+
+
+def _takes_any_flag(function: Callable[..., Any]) -> bool:
+    return any(p.kind is inspect.Parameter.VAR_KEYWORD for p in inspect.signature(function).parameters.values())
+
+
+def _asks_for_help(argv: Sequence[str]) -> bool:
+    before = argv[: list(argv).index("--")] if "--" in argv else argv
+    return any(t in HELP_FLAGS for t in before)
+
+
 def unknown_flags(function: Callable[..., Any], argv: Sequence[str]) -> list[tuple[str, list[str]]]:
     """The `--flags` in `argv` that `function` does not take, each with its closest valid spellings.
 
@@ -52,7 +64,7 @@ def unknown_flags(function: Callable[..., Any], argv: Sequence[str]) -> list[tup
     `--flag=value`, `--flag-name` for `flag_name`, and `--noflag` for a switch are Fire's spellings and accepted;
     everything after a bare `--` belongs to Fire."""
     params = inspect.signature(function).parameters
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+    if _takes_any_flag(function):
         return []
     names = [n for n, p in params.items() if p.kind is not inspect.Parameter.VAR_POSITIONAL]
     found = []
@@ -94,7 +106,12 @@ def run_command(
             )
             print(f"error: {shown} has no option {listed}; see `python -m {shown} --help`", file=sys.stderr)
             raise SystemExit(2)
+    command_line = None
+    if callable(function) and _takes_any_flag(function) and _asks_for_help(argv):
+        # Fire hands `--help` to a function with **kwargs as an option; after `--` it is Fire's own flag
+        before = argv[: argv.index("--")] if "--" in argv else argv
+        command_line = [t for t in before if t not in HELP_FLAGS] + ["--", "--help"]
     try:
-        fire.Fire(component, name=name, **({"serialize": serialize} if serialize else {}))
+        fire.Fire(component, command=command_line, name=name, **({"serialize": serialize} if serialize else {}))
     except user_errors as err:
         raise SystemExit(f"error: {err}") from None

@@ -108,6 +108,32 @@ def test_a_misspelt_flag_stops_the_command_before_any_work(tmp_path):
     assert "error: scripts.phantom has no option --num_case (did you mean --num_cases" in result.stderr
 
 
+def test_benchmark_help_and_option_errors_are_not_tracebacks(tmp_path):
+    """`python -m scripts.benchmark` takes any plan field as a flag (**kwargs), so Fire handed `--help` to it as an
+    option and a misspelt flag ended in a TypeError traceback; now `--help` shows the help and a bad option is one
+    `error:` line, exit 1, before any measurement or file."""
+    bench = [sys.executable, "-m", "scripts.benchmark"]
+    shown = subprocess.run([*bench, "--help"], cwd=REPO_ROOT, capture_output=True, text=True, env=_no_pager())
+    text = shown.stdout + shown.stderr  # Fire writes its help to stderr when no terminal is attached
+    assert shown.returncode == 0 and "Traceback" not in text
+    assert "SYNOPSIS" in text and "--only" in text and "Additional flags are accepted" in text
+    out = tmp_path / "b.json"
+    for flags, message in [
+        (["--bogus", "3"], "error: unknown option --bogus; see `python -m scripts.benchmark --help`"),
+        (["--models", "foo"], "error: unknown models ['foo']"),
+        (["--only", "nothing"], "error: unknown measurements ['nothing']"),
+    ]:
+        run = subprocess.run([*bench, "--output", str(out), *flags], cwd=REPO_ROOT, capture_output=True, text=True)
+        assert run.returncode == 1 and run.stderr.strip().splitlines()[-1].startswith(message), run.stderr[-1500:]
+        assert "Traceback" not in run.stderr and not out.exists()
+
+
+def _no_pager() -> dict[str, str]:
+    import os
+
+    return {**os.environ, "PAGER": "cat"}
+
+
 def test_datalist_commands_report_errors_in_one_line_and_check_every_split(tmp_path):
     """`check` validates test-only datasets too; a missing folder or a split that cannot be made is an `error:`
     line with exit code 1, not a traceback."""

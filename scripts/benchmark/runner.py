@@ -44,6 +44,11 @@ from scripts.cli import as_bool
 from scripts.io_utils import atomic_write_text
 
 
+class BenchmarkOptionError(ValueError):
+    """A command-line option the benchmark cannot use (an unknown plan field, model or measurement): the command
+    line reports it as one `error:` line, not a traceback."""
+
+
 def run(
     only: str | Sequence[str] | None = None,
     device: str = "auto",
@@ -128,17 +133,17 @@ def run(
             setattr(plan, key, value)
     for key, value in plan_overrides.items():
         if not hasattr(plan, key):
-            raise TypeError(f"unknown option --{key}; see `python -m scripts.benchmark -- --help`")
+            raise BenchmarkOptionError(f"unknown option --{key}; see `python -m scripts.benchmark --help`")
         setattr(plan, key, type(getattr(plan, key))(value) if getattr(plan, key) is not None else value)
     if len(plan.features) != 5:
-        raise ValueError(f"features must be five widths, got {plan.features}")
+        raise BenchmarkOptionError(f"features must be five widths, got {plan.features}")
     unknown = [m for m in plan.models if m not in MODELS]
     if unknown:
-        raise ValueError(f"unknown models {unknown}; choose from {MODELS}")
+        raise BenchmarkOptionError(f"unknown models {unknown}; choose from {MODELS}")
     selected = _as_list(only) or list(MEASUREMENTS)
     bad = [m for m in selected if m not in MEASUREMENTS]
     if bad:
-        raise ValueError(f"unknown measurements {bad}; choose from {MEASUREMENTS}")
+        raise BenchmarkOptionError(f"unknown measurements {bad}; choose from {MEASUREMENTS}")
     if isinstance(loop_overrides, str):
         loop_overrides = json.loads(loop_overrides)
     if loop_overrides:  # fire reads `{"a": false}` itself and leaves JSON's true/false/null as strings
