@@ -51,9 +51,9 @@ def _takes_any_flag(function: Callable[..., Any]) -> bool:
     return any(p.kind is inspect.Parameter.VAR_KEYWORD for p in inspect.signature(function).parameters.values())
 
 
-def _asks_for_help(argv: Sequence[str]) -> bool:
-    before = argv[: list(argv).index("--")] if "--" in argv else argv
-    return any(t in HELP_FLAGS for t in before)
+def _before_separator(argv: Sequence[str]) -> list[str]:
+    """The command's own arguments: everything after a bare `--` belongs to Fire."""
+    return list(argv[: list(argv).index("--")] if "--" in argv else argv)
 
 
 def unknown_flags(function: Callable[..., Any], argv: Sequence[str]) -> list[tuple[str, list[str]]]:
@@ -68,9 +68,7 @@ def unknown_flags(function: Callable[..., Any], argv: Sequence[str]) -> list[tup
         return []
     names = [n for n, p in params.items() if p.kind is not inspect.Parameter.VAR_POSITIONAL]
     found = []
-    for token in argv:
-        if token == "--":
-            break
+    for token in _before_separator(argv):
         if not token.startswith("--") or len(token) == 2:
             continue
         flag = token[2:].split("=", 1)[0].replace("-", "_")
@@ -107,10 +105,10 @@ def run_command(
             print(f"error: {shown} has no option {listed}; see `python -m {shown} --help`", file=sys.stderr)
             raise SystemExit(2)
     command_line = None
-    if callable(function) and _takes_any_flag(function) and _asks_for_help(argv):
+    own = _before_separator(argv)
+    if callable(function) and _takes_any_flag(function) and any(t in HELP_FLAGS for t in own):
         # Fire hands `--help` to a function with **kwargs as an option; after `--` it is Fire's own flag
-        before = argv[: argv.index("--")] if "--" in argv else argv
-        command_line = [t for t in before if t not in HELP_FLAGS] + ["--", "--help"]
+        command_line = [t for t in own if t not in HELP_FLAGS] + ["--", "--help"]
     try:
         fire.Fire(component, command=command_line, name=name, **({"serialize": serialize} if serialize else {}))
     except user_errors as err:

@@ -80,11 +80,7 @@ def add_metadata(path: str | Path, entries: dict[str, str]) -> None:
     import onnx as onnx_lib
 
     model = onnx_lib.load(str(path))
-    kept = [p for p in model.metadata_props if p.key not in entries]
-    del model.metadata_props[:]
-    model.metadata_props.extend(kept)
-    for key, value in entries.items():
-        model.metadata_props.add(key=key, value=value)
+    onnx_lib.helper.set_model_props(model, {**{p.key: p.value for p in model.metadata_props}, **entries})
     onnx_lib.save(model, str(path))
 
 

@@ -55,8 +55,9 @@ def test_a_model_without_a_record_is_used_and_a_broken_record_is_named(tmp_path,
 
 def test_under_monailabel_the_preprocessing_check_fails_the_request_not_the_server(tmp_path, monkeypatch):
     """MONAI Label builds `preprocessing` without running `initialize`; inference.json's `preprocessing` requires
-    `server_preprocessing_check`, which under a MONAI Label server (MONAI_LABEL_APP_DIR set) raises a ValueError
-    (the request fails, the server lives on) and on the command line leaves the check to `initialize`."""
+    `preprocessing_check` (the item `initialize` runs too, so a command-line run checks once), which under a MONAI
+    Label server (MONAI_LABEL_APP_DIR set) raises a ValueError (the request fails, the server lives on) and on the
+    command line exits with the message."""
     from pathlib import Path
 
     from monai.bundle import ConfigParser
@@ -71,7 +72,8 @@ def test_under_monailabel_the_preprocessing_check_fails_the_request_not_the_serv
         return parser.get_parsed_content("preprocessing")
 
     monkeypatch.delenv("MONAI_LABEL_APP_DIR", raising=False)
-    assert parse_preprocessing().transforms  # the command line: initialize checks, before any scan is read
+    with pytest.raises(SystemExit, match="inplane_spacing: trained with -1, this run uses 0.3646"):
+        parse_preprocessing()  # the command line: one `error:` paragraph, no traceback
     monkeypatch.setenv("MONAI_LABEL_APP_DIR", str(tmp_path / "app"))
     with pytest.raises(RuntimeError) as failure:
         parse_preprocessing()
