@@ -144,8 +144,8 @@ def onnx(
     missing = [name for name in ("onnx", "onnxruntime") if importlib.util.find_spec(name) is None]
     if missing:
         raise SystemExit(
-            f"error: ONNX export needs {' and '.join(missing)}, which the bundle itself does not: "
-            "pip install -r requirements-dev.txt (or onnx and onnxruntime at the versions pinned there)"
+            f"error: ONNX export needs {' and '.join(missing)}: pip install -r requirements.txt "
+            "(or both at the versions pinned there)"
         )
     network = load_network(checkpoint, config, net_id)
     record = read_record(checkpoint)

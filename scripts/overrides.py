@@ -72,6 +72,12 @@ def _agreement_measures(value: Any) -> str | None:
     return None if ok else f"takes a list of measurement columns among {', '.join(MEASURE_COLUMNS)}"
 
 
+def _cpu_runtime(value: Any) -> str | None:
+    from scripts.onnx_runtime import RUNTIMES
+
+    return None if str(value).lower() in RUNTIMES else "is auto, torch or onnxruntime"
+
+
 def _device(value: Any) -> str | None:
     import torch
 
@@ -100,6 +106,7 @@ VALUE_RULES: dict[str, Callable[[Any], str | None]] = {
     "cache_rate": _cache_rate,
     "label_preset": _label_preset,
     "laterality": _laterality,
+    "cpu_runtime": _cpu_runtime,
     "intensity_percentiles": _percentiles,
     "inplane_spacing": _inplane_spacing,
     "agreement_measures": _agreement_measures,

@@ -17,6 +17,10 @@ What it checks, on a throw-away COPY of the bundle in a temporary folder (the re
    `LocalDatastore` holding phantom images and their labels as MONAI Label stores them (`labels/final`, coded in the
    bundle's classes 0/1/2). It must write a new `models/model.pt` (loadable, strict, into the inference network) and the
    latest-state checkpoint. Then inference runs again with the trained model.
+3. onnxruntime (`cpu_runtime`): a request with the network in onnxruntime gives PyTorch's logits (fp32 both, within
+   1e-3) and label map, before training and, with the same task object, after it (MONAI Label loads the new
+   model.pt into a fresh copy of its network; the bundle must export that, not rerun the old session: the logits
+   must have moved).
 
 The train request goes through a subclass that only uses BundleTrainTask's extension hook `_update_overrides` (the
 one an app would use) to make the run CPU-sized (slices per epoch, batch size, workers, validation every epoch). The
@@ -194,18 +198,31 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
     return float(2 * np.logical_and(a, b).sum() / max(a.sum() + b.sum(), 1))
 
 
-def check_infer(task, image: Path, bundle: Path, truth: Path | None = None) -> dict[str, Any]:
-    """One MONAI Label infer request; the result must overlay on the input (and match `truth` with the oracle)."""
+def check_infer(
+    task, image: Path, bundle: Path, truth: Path | None = None, keep: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """One MONAI Label infer request; the result must overlay on the input (and match `truth` with the oracle).
+    `keep` receives the label map under "labels" and, without `truth`, the network's logits under "logits" (through
+    the same INFERER callback, which then only copies them)."""
     from monailabel.tasks.infer.basic_infer import CallBackTypes
 
     before = sorted(p.relative_to(bundle) for p in bundle.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
     callbacks = {CallBackTypes.INFERER: oracle_callback(truth)} if truth is not None else None
+    if truth is None and keep is not None:
+
+        def copy_logits(data: dict[str, Any]) -> dict[str, Any]:
+            keep["logits"] = torch.as_tensor(data["pred"]).detach().float().cpu().clone()
+            return data
+
+        callbacks = {CallBackTypes.INFERER: copy_logits}
     start = time.perf_counter()
     label_file, result = task({"image": str(image), "device": "cpu"}, callbacks=callbacks)
     seconds = time.perf_counter() - start
     require(label_file is not None and Path(label_file).is_file(), f"no label file returned: {label_file!r}")
     source, output = nib.load(str(image)), nib.load(str(label_file))
     labels = np.asanyarray(output.dataobj)
+    if keep is not None:
+        keep["labels"] = np.array(labels)
     values = sorted(int(v) for v in np.unique(labels))
     require(output.shape == source.shape, f"label map shape {output.shape} != input shape {source.shape}")
     require(np.allclose(output.affine, source.affine, atol=1e-4), f"affine differs:\n{output.affine}\n{source.affine}")
@@ -249,6 +266,55 @@ def check_refuses_other_preprocessing(bundle: Path, image: Path) -> dict[str, An
         raise CheckFailed("a model trained with inplane_spacing -1 segmented at 0.3646 mm without an error")
     finally:
         record.unlink()
+
+
+class RuntimeLog(logging.Handler):
+    """Collects what scripts.onnx_runtime says about the runtime it picked."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
+def runtime_task(bundle: Path, runtime: str):
+    """An infer task whose inference.json runs the network with `cpu_runtime` = runtime, in fp32 (amp off), set
+    through the task's own ConfigParser as an app would."""
+    task = infer_task(bundle)
+    task.bundle_config["cpu_runtime"] = runtime
+    task.bundle_config["amp"] = False
+    return task
+
+
+def check_onnxruntime_matches_torch(
+    onnx_task, image: Path, bundle: Path, previous: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The same request in onnxruntime and in PyTorch (both fp32) gives the same logits (and label map). After a train
+    request the onnxruntime task is the one used before (`previous` holds its logits): MONAI Label loads the new
+    model.pt into a fresh copy of its network, and the bundle must export that instead of running the old weights'
+    session, so the logits must have moved with the weights."""
+    handler = RuntimeLog()
+    logging.getLogger("scripts.onnx_runtime").addHandler(handler)
+    try:
+        ort, ref = {}, {}
+        summary = check_infer(onnx_task, image, bundle, keep=ort)
+        check_infer(runtime_task(bundle, "torch"), image, bundle, keep=ref)
+    finally:
+        logging.getLogger("scripts.onnx_runtime").removeHandler(handler)
+    said = [line for line in handler.lines if "exported to ONNX" in line]  # once per request: new weights each time
+    require(bool(said), f"the onnxruntime request exported no network for onnxruntime: {handler.lines}")
+    difference = float((ort["logits"] - ref["logits"]).abs().max())
+    require(difference < 1e-3, f"onnxruntime and PyTorch logits differ by up to {difference:.3g}")
+    require(bool((ort["labels"] == ref["labels"]).all()), "onnxruntime and PyTorch label maps differ")
+    summary.update({"runtime_log": said[-1], "max_logit_difference_to_torch": float(f"{difference:.3g}")})
+    if previous is not None:
+        moved = float((ort["logits"] - previous["logits"]).abs().max())
+        require(moved > 1e-2, f"logits as before training (max change {moved:.3g}): the old session ran again")
+        summary["max_logit_change_since_previous_model"] = round(moved, 3)
+    summary["_outputs"] = ort
+    return summary
 
 
 class AppBundleTrainTask:
@@ -343,7 +409,8 @@ def check_strict_load(bundle: Path) -> None:
 def run_step(summary: dict[str, Any], name: str, step: Callable[[], Any]) -> Any:
     try:
         value = step()
-        summary["checks"][name] = {"ok": True, **(value if isinstance(value, dict) else {})}
+        shown = {k: v for k, v in value.items() if not k.startswith("_")} if isinstance(value, dict) else {}
+        summary["checks"][name] = {"ok": True, **shown}
         return value
     except Exception as err:  # noqa: BLE001 (every failure is reported in the summary)
         logger.exception("check %s failed", name)
@@ -402,12 +469,28 @@ def main(argv: list[str] | None = None) -> int:
                 "infer_refuses_other_preprocessing",
                 lambda: check_refuses_other_preprocessing(bundle, ras_image),
             )
+        onnx_task = run_step(summary, "onnxruntime_task", lambda: runtime_task(bundle, "onnxruntime"))
+        random_model = (
+            run_step(
+                summary,
+                "infer_onnxruntime_random_model",
+                lambda: check_onnxruntime_matches_torch(onnx_task, ras_image, bundle),
+            )
+            if onnx_task is not None
+            else None
+        )
 
         datastore = build_datastore(pairs, workdir / "datastore", workdir)
         run_step(summary, "train_1_epoch", lambda: check_train(bundle, datastore))
         run_step(summary, "trained_model_loads_strict", lambda: check_strict_load(bundle))
         run_step(summary, "train_wrote_record", lambda: check_train_record(bundle))
         run_step(summary, "infer_trained", lambda: check_infer(infer_task(bundle), other_image, bundle))
+        if onnx_task is not None and random_model is not None:
+            run_step(
+                summary,
+                "infer_onnxruntime_trained_model",
+                lambda: check_onnxruntime_matches_torch(onnx_task, ras_image, bundle, random_model["_outputs"]),
+            )
     finally:
         if not args.keep and args.workdir is None:
             shutil.rmtree(workdir, ignore_errors=True)

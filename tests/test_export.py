@@ -16,8 +16,8 @@ from monai.bundle import ConfigParser
 from scripts.export import DEFAULT_OPSET, check_onnx, load_network
 from scripts.export import onnx as export_onnx_cli
 
-onnx = pytest.importorskip("onnx", reason="onnx is in requirements-dev.txt")
-onnxruntime = pytest.importorskip("onnxruntime", reason="onnxruntime is in requirements-dev.txt")
+onnx = pytest.importorskip("onnx", reason="onnx is in requirements.txt")
+onnxruntime = pytest.importorskip("onnxruntime", reason="onnxruntime is in requirements.txt")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 INFERENCE = REPO_ROOT / "configs" / "inference.json"

@@ -470,6 +470,7 @@ def overrides(*args: str, config: str = str(TRAIN)) -> str | None:
         (["--stop_after_epoch", "-1"], "'stop_after_epoch' takes a whole number of at least 0"),
         (["--time_limit", "-60"], "--time_limit -60: 'time_limit' takes a number of seconds of at least 0"),
         (["--time_limit", "2h"], "'time_limit' takes a number (default 0.0), got the text '2h'"),
+        (["--cpu_runtime", "ort"], "--cpu_runtime ort: 'cpu_runtime' is auto, torch or onnxruntime"),
     ],
 )
 def test_bad_override_is_named(args, expected):

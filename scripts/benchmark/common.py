@@ -182,6 +182,8 @@ class Variant:
             `fold_batch_norm`, which the benchmark sets explicitly both ways).
         shifted: depthwise convolutions as sums of shifted products (`shift`, `scripts.networks.shifted`), which
             only `torch.compile` can make fast.
+        onnxruntime: the eval-mode network exported to ONNX and run by onnxruntime (`ort`; CPU, volume and
+            inference only: the configs' `cpu_runtime` "onnxruntime"; without the token the benchmark sets "torch").
     """
 
     precision: str = "fp32"
@@ -194,6 +196,7 @@ class Variant:
     measure: bool = False
     fold: bool = False
     shifted: bool = False
+    onnxruntime: bool = False
 
     @classmethod
     def parse(cls, text: str | Variant) -> Variant:
@@ -222,6 +225,8 @@ class Variant:
                 kwargs["fold"] = True
             elif token == "shift":
                 kwargs["shifted"] = True
+            elif token in ("ort", "onnxruntime"):
+                kwargs["onnxruntime"] = True
             elif token.startswith("nw") and token[2:].isdigit():
                 kwargs["num_workers"] = int(token[2:])
             elif token:
@@ -247,6 +252,8 @@ class Variant:
             tokens.append("fold")
         if self.shifted:
             tokens.append("shift")
+        if self.onnxruntime:
+            tokens.append("ort")
         if self.num_workers is not None:
             tokens.append(f"nw{self.num_workers}")
         return "+".join(tokens)

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from scripts.benchmark.common import GIB, MODELS, _read_config, config_sw_batch_size, inductor_environment
+from scripts.onnx_runtime import onnxruntime_available
 from scripts.precision import cpu_bf16_supported
 
 
@@ -60,8 +61,10 @@ def default_plan(device: torch.device, quick: bool) -> Plan:
     # fp32; channels_last halved EAS U-Net's CPU inference time on the 2-core machine (docs/benchmarks.md). The
     # inference variants are the configs' defaults: folded batch norms, and bf16 where the CPU runs it natively.
     # Training likewise: channels_last, and bf16 autocast where native (train.json's training inferer, since 0.4.1).
+    # onnxruntime (`ort`): the configs' cpu_runtime auto picks it where inference would run in fp32.
     native = cpu_bf16_supported()
     cpu_defaults = ["fp32+cl+fold"] + (["bf16+cl+fold"] if native else [])
+    cpu_defaults += ["fp32+cl+fold+ort"] if onnxruntime_available() else []
     cpu = Plan(
         features=list(train_cfg["network_def"]["features"]),
         size=384,

@@ -85,8 +85,9 @@ def run(
         quick: tiny sizes and repeats (tests, CI).
         models: eas_unet,basic_unet (default both).
         variants: train_step variants, `+`-joined tokens fp32|bf16, cl, compile[=MODE], det, scaler.
-        volume_variants: volume variants (same tokens).
-        inference_variants: inference variants (fp32|bf16, cl, compile, bench).
+        volume_variants: volume variants (same tokens, and fold, shift, ort: onnxruntime on a CPU).
+        inference_variants: inference variants (fp32|bf16, cl, compile, bench, fold, measure, ort: cpu_runtime
+            onnxruntime; without it cpu_runtime torch).
         loop_variants: train_loop variants (fp32|bf16, cl, compile, nwN).
         loop_overrides: extra config overrides for train_loop, a dict or JSON text, e.g.
             '{"train#dataset#copy_cache": false}'.

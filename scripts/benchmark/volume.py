@@ -48,6 +48,12 @@ def measure_volume(
 
         fold_batch_norms(model)
     model, net = _prepare(model, variant)
+    if variant.onnxruntime:
+        if device.type != "cpu":
+            raise ValueError("the ort variant runs on a CPU only")
+        from scripts.onnx_runtime import OnnxRuntimeNetwork
+
+        net = OnnxRuntimeNetwork(model)  # exported on the first (warm-up) call
     fmt = _memory_format(variant)
     volume = torch.randn(depth, 1, size, size, device=device)
     logits = torch.empty(depth, NUM_CLASSES, size, size, device=device)
