@@ -1,10 +1,9 @@
 """Run the network with onnxruntime where PyTorch would run it in fp32 on a CPU.
 
-Why: on a CPU without native bf16 (no AVX512-BF16 or AMX) `amp` leaves inference in fp32, and there onnxruntime's
-CPU kernels run EAS U-Net about twice as fast as PyTorch's (its depthwise and pointwise convolutions, with batch
-norm and activations fused into them; docs/benchmarks.md, "Version 0.4.17"), with outputs within 1e-6 of PyTorch's.
-Where the CPU runs bf16 natively, PyTorch's bf16 autocast stays (as fast, measured before); on a GPU nothing
-changes.
+Why: on a CPU without native bf16 (no AVX512-BF16 or AMX) `amp` leaves inference in fp32, and in fp32
+onnxruntime's CPU kernels ran EAS U-Net's pass over a full-size scan twice as fast as PyTorch's on 2 cores, with
+logits within 1e-6 of PyTorch's (docs/benchmarks.md, "Version 0.4.17"). Where the CPU runs bf16 natively, PyTorch's
+bf16 autocast stays (as fast as onnxruntime's fp32 in the same runs); on a GPU nothing changes.
 
 `OnnxRuntimeInferer` wraps an inferer (the configs' `SliceInferer`) and, per call, decides from the network: in eval
 mode, on a CPU, not compiled, and (with `runtime="auto"`) where `amp` would not run bf16, it exports the network to
