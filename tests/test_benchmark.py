@@ -141,6 +141,7 @@ def test_table_lists_every_row(quick_report):
         ("bf16+det", Variant(precision="bf16", deterministic=True)),
         ("bf16+cl+nw8", Variant(precision="bf16", channels_last=True, num_workers=8)),
         ("bf16+cl+shift+compile+nw8", Variant("bf16", True, "default", num_workers=8, shifted=True)),
+        ("fp32+cl+fold+ort", Variant(channels_last=True, fold=True, onnxruntime=True)),
     ],
 )
 def test_variant_parse(text, expected):
@@ -166,6 +167,25 @@ def test_shift_runs_on_eas_unet_only_and_compares_with_the_unshifted_baseline(tm
     assert set(rows) == {("eas_unet", "fp32"), ("basic_unet", "fp32"), ("eas_unet", "fp32+shift")}
     shifted, base = rows[("eas_unet", "fp32+shift")], rows[("basic_unet", "fp32")]
     assert shifted["ratio_to_basic_unet"] == pytest.approx(shifted["value"] / base["value"])
+
+
+def test_inference_in_onnxruntime_with_config_overrides(tmp_path, caplog):
+    """The `ort` variant runs inference.json with cpu_runtime onnxruntime, and `inference_overrides` reach the
+    config (here MONAI's own AsDiscreted, the baseline of scripts.discrete) and the JSON's settings."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    swap = {"postprocessing#transforms#3#_target_": "AsDiscreted"}
+    report = run(
+        only="inference", device="cpu", quick=True, features=TINY, models="eas_unet", threads=1,
+        inference_variants="fp32+cl+fold+ort", inference_overrides=json.dumps(swap),
+        output=str(tmp_path / "bench.json"), data_dir=str(tmp_path / "data"),
+    )  # fmt: skip
+    rows = [r for r in report["results"] if r["measurement"] == "inference"]
+    assert [(r["variant"], r["status"]) for r in rows] == [("fp32+cl+fold+ort", "ok")]
+    assert _finite_positive(rows[0]["value"])
+    assert report["settings"]["inference_overrides"] == swap
+    with pytest.raises(ValueError, match="--inference_overrides is neither a dict nor JSON text"):
+        run(only="inference", device="cpu", quick=True, inference_overrides="{not", output=str(tmp_path / "b.json"))
 
 
 def test_variant_parse_rejects_unknown_token():

@@ -148,13 +148,15 @@ def measure_inference(
     budget_s: float = 60.0,
     keep_spacing: bool = False,
     checkpoint: str | None = None,
+    config_overrides: dict[str, Any] | None = None,
 ) -> list[dict]:
     """(c) configs/inference.json through `monai.bundle.ConfigWorkflow` on one phantom NIfTI scan with a randomly
     initialised checkpoint: the whole workflow (parse, build, load checkpoint, load and preprocess the scan, infer,
     softmax, invert, argmax, write NIfTI) timed after `warmup_runs` runs that absorb CUDA initialisation, cuDNN
     autotuning and compilation. With `volumes` > 1 also one run over that many copies of the scan (per-volume time
     of a batch run, setup amortised, loading overlapped by the data loader). `checkpoint` replaces the random
-    weights; the config's cartilage measurements run only with the `measure` variant token."""
+    weights; the config's cartilage measurements run only with the `measure` variant token. `config_overrides`
+    are more inference.json overrides, applied last."""
     import nibabel as nib
 
     _cudnn(benchmark=False, deterministic=False)  # a fresh process's defaults; the config sets its own
@@ -192,6 +194,7 @@ def measure_inference(
     if variant.cudnn_benchmark:
         init.append("$setattr(torch.backends.cudnn, 'benchmark', True)")
     overrides["initialize"] = init
+    overrides.update(config_overrides or {})
     if variant.precision not in ("fp32", "bf16"):
         raise ValueError("the inference config's `amp` is bf16 or off")
 

@@ -49,6 +49,20 @@ class BenchmarkOptionError(ValueError):
     line reports it as one `error:` line, not a traceback."""
 
 
+def _overrides(value: dict | str | None, name: str) -> dict | None:
+    """Config overrides from the command line: a dict (Fire parses `{"a": false}` itself but leaves JSON's
+    true/false/null as strings) or JSON text."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as err:
+            raise BenchmarkOptionError(f"--{name} is neither a dict nor JSON text ({err}): {value!r}") from None
+    if not value:
+        return None
+    literals = {"true": True, "false": False, "null": None}
+    return {k: literals.get(v, v) if isinstance(v, str) else v for k, v in dict(value).items()}
+
+
 def run(
     only: str | Sequence[str] | None = None,
     device: str = "auto",
@@ -61,6 +75,7 @@ def run(
     inference_variants: str | Sequence[str] | None = None,
     loop_variants: str | Sequence[str] | None = None,
     loop_overrides: dict | str | None = None,
+    inference_overrides: dict | str | None = None,
     batch_size: int | None = None,
     size: int | None = None,
     depth: int | None = None,
@@ -91,6 +106,8 @@ def run(
         loop_variants: train_loop variants (fp32|bf16, cl, compile, nwN).
         loop_overrides: extra config overrides for train_loop, a dict or JSON text, e.g.
             '{"train#dataset#copy_cache": false}'.
+        inference_overrides: extra configs/inference.json overrides for inference, the same way, e.g.
+            '{"postprocessing#transforms#3#_target_": "AsDiscreted"}' (MONAI's argmax, the 0.4.16 way).
         batch_size: training batch (default configs/train.json's 16).
         size: in-plane size of slices and phantoms (default 384).
         depth: slices per volume (default 160).
@@ -145,11 +162,8 @@ def run(
     bad = [m for m in selected if m not in MEASUREMENTS]
     if bad:
         raise BenchmarkOptionError(f"unknown measurements {bad}; choose from {MEASUREMENTS}")
-    if isinstance(loop_overrides, str):
-        loop_overrides = json.loads(loop_overrides)
-    if loop_overrides:  # fire reads `{"a": false}` itself and leaves JSON's true/false/null as strings
-        literals = {"true": True, "false": False, "null": None}
-        loop_overrides = {k: literals.get(v, v) if isinstance(v, str) else v for k, v in dict(loop_overrides).items()}
+    loop_overrides = _overrides(loop_overrides, "loop_overrides")
+    inference_overrides = _overrides(inference_overrides, "inference_overrides")
     output_path = Path(output) if output else Path.cwd() / f"benchmark-{dev.type}.json"
     data_root = Path(data_dir) if data_dir else BUNDLE_ROOT / "data" / "benchmark"
     start = time.perf_counter()
@@ -172,6 +186,7 @@ def run(
             "data_dir": _rel(data_root),
             "checkpoint": Path(checkpoint).name if checkpoint else None,
             "loop_overrides": loop_overrides,
+            "inference_overrides": inference_overrides,
         },
         "floor_model": FLOOR_MODEL,
         "ceilings": None,
@@ -364,6 +379,7 @@ def run(
                     plan.infer_volumes if k == 0 and n == main_model else 1,
                     keep_spacing=plan.size != 384,
                     checkpoint=checkpoint if n == "eas_unet" else None,
+                    config_overrides=inference_overrides,
                 ),
                 15.0,
             )
