@@ -17,8 +17,10 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -58,21 +60,25 @@ def load_network(
     return network.eval()
 
 
-def export_onnx(network: torch.nn.Module, path: str | Path, example: torch.Tensor, opset: int = DEFAULT_OPSET) -> Path:
-    """Write `network` (eval mode) to `path` as ONNX with dynamic batch and in-plane size."""
-    path = Path(path)
-    with torch.no_grad():
+def export_onnx(
+    network: torch.nn.Module, target: str | Path | BinaryIO, example: torch.Tensor, opset: int = DEFAULT_OPSET
+) -> None:
+    """Write `network` (eval mode) as ONNX with dynamic batch and in-plane size to `target`, a path or a binary file
+    (`scripts.onnx_runtime` exports into memory). Works under an engine's `torch.inference_mode` too, which tracing
+    cannot run in: it is left for the export, with a normal copy of `example`."""
+    with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
+        warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")  # chosen below
+        warnings.filterwarnings("ignore", message=".*feature will be removed.*")
         torch.onnx.export(
             network.eval(),
-            (example,),
-            str(path),
+            (example.clone(),),
+            str(target) if isinstance(target, (str, Path)) else target,
             opset_version=opset,
             input_names=[INPUT_NAME],
             output_names=[OUTPUT_NAME],
             dynamic_axes=DYNAMIC_AXES,
             dynamo=False,  # the TorchScript-based exporter: no onnxscript dependency, dynamic shapes via dynamic_axes
         )
-    return path
 
 
 def add_metadata(path: str | Path, entries: dict[str, str]) -> None:

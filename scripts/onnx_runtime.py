@@ -2,12 +2,12 @@
 
 Why: on a CPU without native bf16 (no AVX512-BF16 or AMX) `amp` leaves inference in fp32, and in fp32
 onnxruntime's CPU kernels ran EAS U-Net's pass over a full-size scan twice as fast as PyTorch's on 2 cores, with
-logits within 1e-6 of PyTorch's (docs/benchmarks.md, "Version 0.4.17"). Where the CPU runs bf16 natively, PyTorch's
+logits within 2e-7 of PyTorch's (docs/benchmarks.md, "Version 0.4.17"). Where the CPU runs bf16 natively, PyTorch's
 bf16 autocast stays (as fast as onnxruntime's fp32 in the same runs); on a GPU nothing changes.
 
 `OnnxRuntimeInferer` wraps an inferer (the configs' `SliceInferer`) and, per call, decides from the network: in eval
 mode, on a CPU, not compiled, and (with `runtime="auto"`) where `amp` would not run bf16, it exports the network to
-ONNX in memory (the TorchScript-based exporter, batch / height / width dynamic, about a second), opens an
+ONNX in memory (`scripts.export.export_onnx`, batch / height / width dynamic, about a second), opens an
 onnxruntime session with PyTorch's thread count, and hands the wrapped inferer a callable that runs the session on
 each chunk of slices. The export is redone when the weights change (a checkpoint loaded into the same module,
 MONAI Label's reload of a fine-tuned model, batch norms folded), since the session holds a copy of them. A network
@@ -24,7 +24,6 @@ import importlib.util
 import io
 import logging
 import time
-import warnings
 from typing import Any
 
 import numpy as np
@@ -32,6 +31,7 @@ import torch
 from monai.data import MetaTensor
 from monai.inferers import Inferer
 
+from scripts.export import INPUT_NAME, OUTPUT_NAME, export_onnx
 from scripts.precision import autocast_enabled
 
 __all__ = ["RUNTIMES", "OnnxRuntimeNetwork", "OnnxRuntimeInferer", "onnxruntime_available", "weights_key"]
@@ -39,9 +39,6 @@ __all__ = ["RUNTIMES", "OnnxRuntimeNetwork", "OnnxRuntimeInferer", "onnxruntime_
 logger = logging.getLogger(__name__)
 
 RUNTIMES = ("auto", "torch", "onnxruntime")
-OPSET = 18
-_INPUT, _OUTPUT = "image", "pred"
-_DYNAMIC = {_INPUT: {0: "batch", 2: "height", 3: "width"}, _OUTPUT: {0: "batch", 2: "height", 3: "width"}}
 
 
 def onnxruntime_available() -> bool:
@@ -72,21 +69,7 @@ class OnnxRuntimeNetwork:
 
         start = time.perf_counter()
         buffer = io.BytesIO()
-        # tracing cannot run under torch.inference_mode (an engine's or a caller's): leave it, with a normal copy
-        with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
-            example = example.clone()
-            warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")
-            warnings.filterwarnings("ignore", message=".*feature will be removed.*")
-            torch.onnx.export(
-                self.network,
-                (example,),
-                buffer,
-                opset_version=OPSET,
-                input_names=[_INPUT],
-                output_names=[_OUTPUT],
-                dynamic_axes=_DYNAMIC,
-                dynamo=False,  # no onnxscript dependency; dynamic shapes via dynamic_axes (as scripts/export.py)
-            )
+        export_onnx(self.network, buffer, example)  # the export of `python -m scripts.export onnx`, into memory
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = self.threads
         options.inter_op_num_threads = 1
@@ -104,7 +87,7 @@ class OnnxRuntimeNetwork:
         x = x.detach().to("cpu", torch.float32).contiguous()
         if self._session is None:
             self._export(x[:1])
-        (out,) = self._session.run([_OUTPUT], {_INPUT: x.numpy()})
+        (out,) = self._session.run([OUTPUT_NAME], {INPUT_NAME: x.numpy()})
         return torch.from_numpy(np.ascontiguousarray(out))
 
 

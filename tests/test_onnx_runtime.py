@@ -144,13 +144,16 @@ def test_auto_falls_back_to_pytorch_when_the_export_fails(fp32_cpu, caplog):
         (["configs/train.json", "configs/evaluate.json"], "validate#inferer"),
     ],
 )
-def test_configs_pass_cpu_runtime_and_amp(files, key):
-    for runtime in ("auto", "torch"):
+def test_configs_chain_autocast_cpu_runtime_and_the_slice_inferer(files, key):
+    """Every config's inference chain: AutocastInferer(amp) -> OnnxRuntimeInferer(cpu_runtime, amp) ->
+    SliceInferer over sagittal slices (axis 0)."""
+    for runtime, amp in (("auto", True), ("torch", False), ("auto", False)):
         parser = ConfigParser()
         parser.read_config(files)
-        parser.update({"cpu_runtime": runtime, "amp": False})
+        parser.update({"cpu_runtime": runtime, "amp": amp})
         inferer = parser.get_parsed_content(key)
+        assert isinstance(inferer, precision.AutocastInferer) and inferer.amp is amp
         inner = inferer.inferer
         assert isinstance(inner, onnx_runtime.OnnxRuntimeInferer)
-        assert inner.runtime == runtime and inner.amp is False
-        assert isinstance(inner.inferer, SliceInferer)
+        assert inner.runtime == runtime and inner.amp is amp
+        assert isinstance(inner.inferer, SliceInferer) and inner.inferer.spatial_dim == 0

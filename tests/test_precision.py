@@ -93,25 +93,6 @@ def test_cpu_bf16_supported_is_false_without_onednn(monkeypatch):
     assert precision.cpu_bf16_supported() is False
 
 
-@pytest.mark.parametrize(
-    ("files", "key"),
-    [
-        (["configs/inference.json"], "inferer"),  # also what MONAI Label's infer task instantiates
-        (["configs/train.json"], "validate#inferer"),
-        (["configs/train.json", "configs/evaluate.json"], "validate#inferer"),
-    ],
-)
-def test_configs_wrap_the_slice_inferer_with_amp(files, key):
-    for amp in (True, False):
-        parser = ConfigParser()
-        parser.read_config(files)
-        parser.update({"amp": amp})
-        inferer = parser.get_parsed_content(key)
-        assert isinstance(inferer, precision.AutocastInferer) and inferer.amp is amp
-        slices = inferer.inferer.inferer  # inside the cpu_runtime wrapper (tests/test_onnx_runtime.py)
-        assert isinstance(slices, SliceInferer) and slices.spatial_dim == 0
-
-
 @pytest.mark.parametrize(("device", "amp", "expected"), [("cpu", True, torch.bfloat16), ("cpu", False, torch.float32)])
 def test_training_inferer_autocasts_on_native_cpus_and_hands_the_loss_float32(device, amp, expected, monkeypatch):
     """train.json's training forward: bf16 on a CPU with native bf16 when `amp`, float32 outputs for the loss either
