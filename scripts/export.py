@@ -29,7 +29,16 @@ from scripts.cli import as_bool
 from scripts.io_utils import atomic_path, check_writable_target
 from scripts.model_record import read_record, record_path
 
-__all__ = ["DEFAULT_OPSET", "RECORD_METADATA_KEY", "load_network", "export_onnx", "add_metadata", "check_onnx", "onnx"]
+__all__ = [
+    "DEFAULT_OPSET",
+    "RECORD_METADATA_KEY",
+    "load_network",
+    "export_onnx",
+    "add_metadata",
+    "check_onnx",
+    "missing_onnx_packages",
+    "onnx",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +46,11 @@ DEFAULT_OPSET = 18
 INPUT_NAME, OUTPUT_NAME = "image", "pred"  # metadata.json's network_data_format keys
 RECORD_METADATA_KEY = "model_preprocessing"  # ONNX metadata_props key of the training record
 DYNAMIC_AXES = {INPUT_NAME: {0: "batch", 2: "height", 3: "width"}, OUTPUT_NAME: {0: "batch", 2: "height", 3: "width"}}
+
+
+def missing_onnx_packages() -> list[str]:
+    """Which of onnx (torch's exporter imports it) and onnxruntime (which runs and checks the export) are absent."""
+    return [name for name in ("onnx", "onnxruntime") if importlib.util.find_spec(name) is None]
 
 
 def load_network(
@@ -147,7 +161,7 @@ def onnx(
     except ValueError as err:
         raise SystemExit(f"error: {err}") from None
     check_writable_target(output, overwrite)
-    missing = [name for name in ("onnx", "onnxruntime") if importlib.util.find_spec(name) is None]
+    missing = missing_onnx_packages()
     if missing:
         raise SystemExit(
             f"error: ONNX export needs {' and '.join(missing)}: pip install -r requirements.txt "

@@ -20,10 +20,10 @@ Config key `cpu_runtime`: "auto" (default: onnxruntime where it helps and is ins
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import logging
 import time
+import weakref
 from typing import Any
 
 import numpy as np
@@ -31,7 +31,7 @@ import torch
 from monai.data import MetaTensor
 from monai.inferers import Inferer
 
-from scripts.export import INPUT_NAME, OUTPUT_NAME, export_onnx
+from scripts.export import INPUT_NAME, OUTPUT_NAME, export_onnx, missing_onnx_packages
 from scripts.precision import autocast_enabled
 
 __all__ = ["RUNTIMES", "OnnxRuntimeNetwork", "OnnxRuntimeInferer", "onnxruntime_available", "weights_key"]
@@ -43,7 +43,7 @@ RUNTIMES = ("auto", "torch", "onnxruntime")
 
 def onnxruntime_available() -> bool:
     """True when onnxruntime and onnx (which torch's ONNX exporter imports) can be imported."""
-    return all(importlib.util.find_spec(name) is not None for name in ("onnx", "onnxruntime"))
+    return not missing_onnx_packages()
 
 
 def weights_key(network: torch.nn.Module) -> tuple:
@@ -113,7 +113,7 @@ class OnnxRuntimeInferer(Inferer):
         self.inferer, self.runtime, self.amp = inferer, runtime, bool(amp)
         self._key: tuple | None = None
         self._network: OnnxRuntimeNetwork | None = None
-        self._failed: set[int] = set()
+        self._failed: weakref.WeakSet[torch.nn.Module] = weakref.WeakSet()  # not ids: a new network may reuse one
         self._said_torch = False
 
     def uses_onnxruntime(self, network: Any) -> bool:
@@ -122,7 +122,7 @@ class OnnxRuntimeInferer(Inferer):
             return False
         if isinstance(network, torch.nn.parallel.DistributedDataParallel):
             return False  # its forward shares rank 0's batch-norm statistics, which every rank must end with
-        if hasattr(network, "_orig_mod") or id(network) in self._failed:  # compiled, or its export failed
+        if hasattr(network, "_orig_mod") or network in self._failed:  # compiled, or its export failed
             return False
         param = next(network.parameters(), None)
         if param is None or param.device.type != "cpu":
@@ -145,7 +145,7 @@ class OnnxRuntimeInferer(Inferer):
         except Exception as error:
             if self.runtime == "onnxruntime" or self._network._session is not None:
                 raise  # asked for explicitly, or a failure while running (not exporting): not ours to hide
-            self._failed.add(id(network))
+            self._failed.add(network)
             self._key = self._network = None
             logger.warning(f"cpu_runtime auto: the ONNX export failed ({error}); the network runs in PyTorch")
             return self.inferer(inputs, network, *args, **kwargs)
