@@ -2,10 +2,13 @@
 
 MONAI's engines autocast on CUDA only, and MONAI Label's infer task calls the bundle's `inferer` without any
 autocast, so `amp` meant fp32 on every CPU and in MONAI Label. `AutocastInferer` wraps the configs' inferers and
-decides per call, from the device the network runs on: bf16 on CUDA; bf16 on a CPU where oneDNN runs it natively
-(AVX512-BF16 or AMX: EAS U-Net's inference is about twice and its training step 2.6 times as fast there,
-docs/benchmarks.md); fp32 on other CPUs, where bf16 would be emulated and slower. train.json's training inferer uses
-it on CPUs only: on CUDA MONAI's trainer autocasts forward and loss itself.
+decides per call, from the device the network runs on: bf16 on a GPU that computes it natively (compute capability
+8.0 or newer: A100, H100, RTX 30xx and later); bf16 on a CPU where oneDNN runs it natively (AVX512-BF16 or AMX: EAS
+U-Net's inference is about twice and its training step 2.6 times as fast there, docs/benchmarks.md); fp32 elsewhere.
+Older GPUs (V100, T4, which MONAI Label servers and notebooks still run on) have no bf16 convolutions in cuDNN: torch
+either refuses bf16 autocast there or emulates it slowly, so they run fp32 as CPUs without bf16 do. train.json's
+training inferer uses it on CPUs only: on CUDA MONAI's trainer autocasts forward and loss itself, as its evaluators
+do, with `amp` from `cuda_autocast`.
 """
 
 from __future__ import annotations
@@ -17,9 +20,11 @@ from typing import Any
 import torch
 from monai.inferers import Inferer
 
-__all__ = ["cpu_bf16_supported", "autocast_enabled", "AutocastInferer"]
+__all__ = ["cpu_bf16_supported", "cuda_bf16_supported", "autocast_enabled", "cuda_autocast", "AutocastInferer"]
 
 logger = logging.getLogger(__name__)
+
+_WARNED_GPUS: set[str] = set()
 
 
 def cpu_bf16_supported() -> bool:
@@ -30,10 +35,36 @@ def cpu_bf16_supported() -> bool:
         return False
 
 
+def cuda_bf16_supported(device: str | torch.device = "cuda") -> bool:
+    """True when the CUDA device computes bf16 natively (compute capability 8.0 or newer); False for older GPUs, where
+    cuDNN has no bf16 convolutions, and when there is no usable CUDA device."""
+    try:
+        return bool(torch.cuda.is_available()) and torch.cuda.get_device_capability(torch.device(device)) >= (8, 0)
+    except (AssertionError, RuntimeError, ValueError):  # no CUDA build, or a device index that does not exist
+        return False
+
+
 def autocast_enabled(amp: bool, device: str | torch.device) -> bool:
-    """The bundle's rule for `amp`: bf16 autocast on CUDA, and on a CPU whose bf16 is native; never elsewhere."""
-    kind = torch.device(device).type
-    return bool(amp) and (kind == "cuda" or (kind == "cpu" and cpu_bf16_supported()))
+    """The bundle's rule for `amp`: bf16 autocast on a GPU or CPU whose bf16 is native; never elsewhere."""
+    device = torch.device(device)
+    if not amp:
+        return False
+    if device.type == "cuda":
+        return cuda_bf16_supported(device)
+    return device.type == "cpu" and cpu_bf16_supported()
+
+
+def cuda_autocast(amp: bool, device: str | torch.device) -> bool:
+    """`amp` for MONAI's engines, which autocast on CUDA only: the bundle's rule on a GPU, False on a CPU (there the
+    configs' `AutocastInferer` decides). Says once per device when `amp` falls back to fp32 on an older GPU."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return False
+    enabled = autocast_enabled(amp, device)
+    if amp and not enabled and str(device) not in _WARNED_GPUS:
+        _WARNED_GPUS.add(str(device))
+        logger.warning(f"amp: the GPU {device} has no native bf16 (compute capability below 8.0); it runs in fp32")
+    return enabled
 
 
 class AutocastInferer(Inferer):
@@ -74,7 +105,7 @@ class AutocastInferer(Inferer):
         device = self.compute_device(inputs, network)
         kind = device.type
         enabled = autocast_enabled(self.amp, device)
-        if self.amp and kind not in self._logged:  # say once per device why a CPU runs in fp32 despite `amp`
+        if self.amp and kind not in self._logged:  # say once per device why it runs in fp32 despite `amp`
             self._logged.add(kind)
             if kind == "cpu":
                 logger.info(
@@ -82,6 +113,8 @@ class AutocastInferer(Inferer):
                     if enabled
                     else "amp: this CPU has no native bf16 instructions; inference runs in fp32"
                 )
+            elif kind == "cuda" and not enabled:
+                cuda_autocast(self.amp, device)  # the one warning per device
         context = torch.autocast(kind, dtype=torch.bfloat16) if enabled else contextlib.nullcontext()
         with context:
             outputs = self.inferer(inputs, network, *args, **kwargs)

@@ -1,4 +1,4 @@
-"""bf16 wherever the bundle's inferer runs: the rule (CUDA, or a CPU with native bf16), that the wrapped inferer
+"""bf16 wherever the bundle's inferer runs: the rule (a GPU or CPU with native bf16), that the wrapped inferer
 really runs the network in bf16 and still returns float32, and that the configs wire it to `amp`."""
 
 from __future__ import annotations
@@ -63,6 +63,7 @@ def test_bf16_output_close_to_fp32(monkeypatch):
 
 def test_autocast_rule_and_log(monkeypatch, caplog):
     monkeypatch.setattr(precision, "cpu_bf16_supported", lambda: True)
+    monkeypatch.setattr(precision, "cuda_bf16_supported", lambda device="cuda": True)
     assert precision.autocast_enabled(True, "cpu") is True
     assert precision.autocast_enabled(True, torch.device("cuda:0")) is True
     assert precision.autocast_enabled(False, "cuda") is False
@@ -70,6 +71,8 @@ def test_autocast_rule_and_log(monkeypatch, caplog):
     monkeypatch.setattr(precision, "cpu_bf16_supported", lambda: False)
     assert precision.autocast_enabled(True, "cpu") is False
     assert precision.autocast_enabled(True, "cuda") is True
+    monkeypatch.setattr(precision, "cuda_bf16_supported", lambda device="cuda": False)  # a V100 or T4
+    assert precision.autocast_enabled(True, "cuda:0") is False
     with caplog.at_level(logging.INFO, logger="scripts.precision"):
         _infer(amp=True)
     assert caplog.text.count("no native bf16") == 1  # logged once per inferer and device, not per chunk
@@ -85,6 +88,42 @@ def test_autocast_follows_the_device_the_network_runs_on():
     on_gpu = precision.AutocastInferer(SliceInferer(roi_size=[-1, -1], spatial_dim=0, sw_device="cuda:0"), amp=True)
     assert on_gpu.compute_device(x, lambda t: t) == torch.device("cuda:0")  # no parameters: the sw_device
     assert inferer.compute_device(x, lambda t: t) == torch.device("cpu")  # neither: the input's device
+
+
+@pytest.mark.parametrize(
+    ("available", "capability", "expected"),
+    [(True, (7, 0), False), (True, (7, 5), False), (True, (8, 0), True), (True, (9, 0), True), (False, (9, 0), False)],
+)
+def test_cuda_bf16_needs_compute_capability_8(available, capability, expected, monkeypatch):
+    """V100 (7.0) and T4 (7.5) have no bf16 convolutions in cuDNN; A100 (8.0) and H100 (9.0) do."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: available)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    assert precision.cuda_bf16_supported("cuda:0") is expected
+    assert precision.autocast_enabled(True, "cuda:0") is expected
+
+
+def test_cuda_bf16_supported_is_false_where_the_device_cannot_be_queried(monkeypatch):
+    def no_device(device=None):
+        raise RuntimeError("CUDA error: invalid device ordinal")
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", no_device)
+    assert precision.cuda_bf16_supported("cuda:7") is False
+
+
+def test_cuda_autocast_for_monai_engines_warns_once_per_older_gpu(monkeypatch, caplog):
+    monkeypatch.setattr(precision, "cpu_bf16_supported", lambda: True)
+    monkeypatch.setattr(precision, "_WARNED_GPUS", set())
+    assert precision.cuda_autocast(True, "cpu") is False  # MONAI's engines autocast CUDA only
+    monkeypatch.setattr(precision, "cuda_bf16_supported", lambda device="cuda": True)
+    assert precision.cuda_autocast(True, "cuda:0") is True
+    assert precision.cuda_autocast(False, "cuda:0") is False
+    monkeypatch.setattr(precision, "cuda_bf16_supported", lambda device="cuda": False)
+    with caplog.at_level(logging.WARNING, logger="scripts.precision"):
+        assert precision.cuda_autocast(True, "cuda:0") is False
+        assert precision.cuda_autocast(True, "cuda:0") is False
+        assert precision.cuda_autocast(False, "cuda:1") is False  # amp off: nothing to say
+    assert caplog.text.count("no native bf16") == 1 and "cuda:0" in caplog.text
 
 
 def test_cpu_bf16_supported_is_false_without_onednn(monkeypatch):
@@ -110,13 +149,21 @@ def test_training_inferer_autocasts_on_native_cpus_and_hands_the_loss_float32(de
     assert net.conv.weight.grad.dtype == torch.float32
 
 
-def test_training_inferer_leaves_cuda_autocast_to_the_trainer():
+@pytest.mark.parametrize("native", [True, False])
+def test_training_inferer_leaves_cuda_autocast_to_the_trainer(native, monkeypatch):
+    """On a GPU MONAI's engines autocast, in bf16 where the GPU has it natively and in fp32 on older GPUs."""
+    monkeypatch.setattr(precision, "cuda_bf16_supported", lambda device="cuda": native)
     parser = ConfigParser()
-    parser.read_config("configs/train.json")
+    parser.read_config(["configs/train.json", "configs/evaluate.json"])
     parser.update({"amp": True, "device": "$torch.device('cuda:0')"})
     inferer = parser.get_parsed_content("train#inferer")
     assert isinstance(inferer, precision.AutocastInferer) and inferer.amp is False  # MONAI's trainer autocasts CUDA
-    assert parser.get_parsed_content("train#trainer#amp") is True
+    assert parser.get_parsed_content("train#trainer#amp") is native
+    assert parser.get_parsed_content("validate#evaluator#amp") is native
+    infer = ConfigParser()
+    infer.read_config("configs/inference.json")
+    infer.update({"amp": True, "device": "$torch.device('cuda:0')"})
+    assert infer.get_parsed_content("evaluator#amp") is native
 
 
 def test_float_outputs_cast_every_floating_tensor_in_lists_and_dicts():
