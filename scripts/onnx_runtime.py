@@ -111,6 +111,7 @@ class OnnxRuntimeInferer(Inferer):
                 "onnxruntime==1.32.0, as in requirements.txt), or use --cpu_runtime auto"
             )
         self.inferer, self.runtime, self.amp = inferer, runtime, bool(amp)
+        self._available = onnxruntime_available()  # looked up once, not for every scan
         self._key: tuple | None = None
         self._network: OnnxRuntimeNetwork | None = None
         self._failed: weakref.WeakSet[torch.nn.Module] = weakref.WeakSet()  # not ids: a new network may reuse one
@@ -129,7 +130,7 @@ class OnnxRuntimeInferer(Inferer):
             return False
         if self.runtime == "onnxruntime":
             return True
-        return onnxruntime_available() and not autocast_enabled(self.amp, "cpu")
+        return self._available and not autocast_enabled(self.amp, "cpu")
 
     def __call__(self, inputs: torch.Tensor, network: Any, *args: Any, **kwargs: Any) -> Any:
         if not self.uses_onnxruntime(network):

@@ -104,17 +104,15 @@ class AutocastInferer(Inferer):
     def __call__(self, inputs: torch.Tensor, network: Any, *args: Any, **kwargs: Any) -> Any:
         device = self.compute_device(inputs, network)
         kind = device.type
-        enabled = autocast_enabled(self.amp, device)
-        if self.amp and kind not in self._logged:  # say once per device why it runs in fp32 despite `amp`
+        # on a GPU, cuda_autocast (the rule of MONAI's engines in the configs) warns once per GPU left in fp32
+        enabled = cuda_autocast(self.amp, device) if kind == "cuda" else autocast_enabled(self.amp, device)
+        if self.amp and kind == "cpu" and kind not in self._logged:  # say once whether the CPU runs bf16
             self._logged.add(kind)
-            if kind == "cpu":
-                logger.info(
-                    "amp: bf16 autocast on the CPU (native bf16 instructions found)"
-                    if enabled
-                    else "amp: this CPU has no native bf16 instructions; inference runs in fp32"
-                )
-            elif kind == "cuda" and not enabled:
-                cuda_autocast(self.amp, device)  # the one warning per device
+            logger.info(
+                "amp: bf16 autocast on the CPU (native bf16 instructions found)"
+                if enabled
+                else "amp: this CPU has no native bf16 instructions; inference runs in fp32"
+            )
         context = torch.autocast(kind, dtype=torch.bfloat16) if enabled else contextlib.nullcontext()
         with context:
             outputs = self.inferer(inputs, network, *args, **kwargs)

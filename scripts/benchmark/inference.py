@@ -53,10 +53,11 @@ def _variant_network(variant: Variant) -> dict[str, Any]:
     """The configs' own network keys for a variant: `channels_last` only with `cl` (the configs default to true),
     `shifted_depthwise` with `shift`, `cpu_runtime` onnxruntime with `ort` and torch without (the configs default to
     auto); the configs' `network` and `inferer` do the rest."""
-    keys = {"channels_last": variant.channels_last, "shifted_depthwise": variant.shifted}
-    if "cpu_runtime" in _read_config("inference.json"):
-        keys["cpu_runtime"] = "onnxruntime" if variant.onnxruntime else "torch"
-    return keys
+    return {
+        "channels_last": variant.channels_last,
+        "shifted_depthwise": variant.shifted,
+        "cpu_runtime": "onnxruntime" if variant.onnxruntime else "torch",
+    }
 
 
 def _save_random_checkpoint(config_file: Path, overrides: dict[str, Any], path: Path, seed: int = 0) -> None:
