@@ -28,6 +28,7 @@ from scripts.quantify import (
     measure_label_map,
     over_plate,
     split_plates,
+    tibial_subregions,
 )
 from scripts.thickness import local_thickness, weighted_quantile
 
@@ -370,6 +371,71 @@ def test_weight_bearing_rows_with_split_femur():
     assert all("empty" in rows[f"femoral_{side}_weight_bearing"].flags for side in ("medial", "lateral"))
 
 
+SUBREGIONS = ("central", "anterior", "posterior", "interior", "exterior")
+
+
+@pytest.mark.parametrize("flip_x", [False, True])
+@pytest.mark.parametrize("medial_low_index", [True, False])
+def test_tibial_subregions_partition_the_plate(flip_x, medial_low_index):
+    """Five disjoint parts that make up the plate; the central ellipse holds 20 % of the footprint and sits at its
+    centre; anterior / posterior lie in front of / behind it (RAS y), interior toward the other plate, whichever way
+    the array runs and whichever side the plate is on."""
+    spacing = (0.7, 0.3646, 0.3646)
+    affine = _affine(spacing, flip_x=flip_x)
+    tibial = _knee(medial_low_index=medial_low_index) == 2
+    x_index = np.arange(tibial.shape[0])[:, None, None]
+    low = tibial & (x_index < 22)
+    for plate, other in ((low, tibial & ~low), (tibial & ~low, low)):
+        parts = tibial_subregions(plate, other, affine)
+        assert sorted(parts) == sorted(SUBREGIONS)
+        stacked = np.stack([parts[name] for name in SUBREGIONS])
+        assert (stacked.sum(0) == plate).all()  # disjoint, and together the plate
+        world = {name: _world_of(parts[name], affine) for name in SUBREGIONS}
+        columns = {name: {tuple(ij) for ij in np.argwhere(parts[name])[:, :2]} for name in SUBREGIONS}
+        footprint = {tuple(ij) for ij in np.argwhere(plate)[:, :2]}
+        assert 0.17 <= len(columns["central"]) / len(footprint) <= 0.25
+        centre = _world_of(plate, affine).mean(axis=0)
+        assert np.abs(world["central"].mean(axis=0)[:2] - centre[:2]).max() < 0.75
+        assert (world["anterior"][:, 1] > centre[1]).all() and (world["posterior"][:, 1] < centre[1]).all()
+        other_x = _world_of(other, affine)[:, 0].mean()
+        toward = np.sign(other_x - centre[0])
+        assert (toward * (world["interior"][:, 0] - centre[0]) > 0).all()
+        assert (toward * (world["exterior"][:, 0] - centre[0]) < 0).all()
+        assert all(parts[name].any() for name in SUBREGIONS)
+
+
+def _world_of(mask, affine):
+    ijk = np.argwhere(mask).astype(float)
+    return ijk @ np.asarray(affine)[:3, :3].T + np.asarray(affine)[:3, 3]
+
+
+def test_tibial_subregions_empty_without_the_other_plate():
+    affine = _affine((0.7, 0.3646, 0.3646))
+    tibial = _knee() == 2
+    parts = tibial_subregions(tibial, np.zeros_like(tibial), affine)
+    assert sorted(parts) == sorted(SUBREGIONS) and not any(p.any() for p in parts.values())
+
+
+def test_tibial_subregion_rows_with_split_tibia():
+    """Ten more rows, named by side; their volumes add up to their plate's; a plate thicker in its middle reads
+    thicker in the central subregion than at the rims (the pattern of real tibiae); no tibia: empty and flagged."""
+    spacing = (0.7, 0.3646, 0.3646)
+    labels = _knee()
+    labels[7:15, 24:36, 26:29] = 2  # a thicker middle on the larger (medial) plate: 9 voxels instead of 6
+    rows = {r.compartment: r for r in measure_label_map(labels, _affine(spacing), split_tibia=True).rows}
+    names = [f"tibial_{side}_{name}" for side in ("medial", "lateral") for name in SUBREGIONS]
+    assert list(rows)[4:] == names
+    for side in ("medial", "lateral"):
+        parts = [rows[f"tibial_{side}_{name}"] for name in SUBREGIONS]
+        assert sum(r.volume_mm3 for r in parts) == pytest.approx(rows[f"tibial_{side}"].volume_mm3)
+        assert all(r.volume_mm3 > 0 and not r.flags and r.ml_split == "anatomy" for r in parts)
+    central = rows["tibial_medial_central"].thickness_mean_mm
+    assert central > 2.6 and all(central > rows[f"tibial_medial_{name}"].thickness_mean_mm for name in SUBREGIONS[1:])
+    no_tibia = np.where(labels == 2, 0, labels)
+    rows = {r.compartment: r for r in measure_label_map(no_tibia, _affine(spacing), split_tibia=True).rows}
+    assert all("empty" in rows[name].flags for name in names)
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # CSV, files, CLI, transform
 # ---------------------------------------------------------------------------------------------------------------------
@@ -578,6 +644,7 @@ def test_cli_all_maps_bad_writes_no_csv(tmp_path):
         (["{tmp}/absent.nii.gz", "--output", "{out}"], "^error: label map .*absent.nii.gz does not exist$"),
         (["{good}", "--output", "{out}", "--overwrite", "maybe"], "^error: --overwrite maybe: 'overwrite' is a switch"),
         (["{good}", "--output", "{out}", "--split_femur", "2"], "^error: --split_femur 2: 'split_femur' is a switch"),
+        (["{good}", "--output", "{out}", "--split_tibia", "3"], "^error: --split_tibia 3: .split_tibia. is a switch"),
         (["{good}", "--output", "{tmp}"], "^error: --output: .* is an existing folder, not a file name"),
     ],
 )
@@ -612,6 +679,18 @@ def test_cli_lowercase_false_keeps_an_existing_csv(tmp_path, flag):
     assert out.read_text() == "earlier results\n"
 
 
+def test_cartilage_reportd_split_tibia(tmp_path):
+    """The config key split_tibia reaches the measurement: 14 rows per scan, as measure_label_map's."""
+    affine = _affine((0.7, 0.3646, 0.3646))
+    pred = MetaTensor(torch.as_tensor(_knee()[None].astype(np.float32)), affine=torch.as_tensor(affine))
+    pred.meta["filename_or_obj"] = str(tmp_path / "knee8.nii.gz")
+    step = CartilageReportd(keys="pred", output_dir=str(tmp_path), split_tibia=True, write_png=False)
+    rows = step({"pred": pred})["measurements"]
+    direct = measure_label_map(_knee(), affine, scan="knee8", split_tibia=True).rows
+    assert len(rows) == 14 and [r["compartment"] for r in rows] == [r.compartment for r in direct]
+    assert [r["volume_mm3"] for r in rows] == pytest.approx([r.volume_mm3 for r in direct])
+
+
 def test_cli_true_spellings_overwrite_and_split_femur(tmp_path):
     good = _tiny_map(tmp_path / "a.nii.gz")
     out = tmp_path / "m.csv"
@@ -623,6 +702,8 @@ def test_cli_true_spellings_overwrite_and_split_femur(tmp_path):
         "femoral_medial_weight_bearing",
         "femoral_lateral_weight_bearing",
     ]
+    fire.Fire(main, command=[str(good), "--output", str(out), "--overwrite", "true", "--split_tibia", "True"])
+    assert [r["compartment"] for r in _rows(out)][-5:] == [f"tibial_lateral_{name}" for name in SUBREGIONS]
 
 
 def test_cli_subprocess_exit_code_and_no_traceback(tmp_path):

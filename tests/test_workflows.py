@@ -217,13 +217,14 @@ def test_evaluate_measures_predictions_and_references_and_their_agreement(phanto
     """--measure True: the cartilage of each prediction and of its reference label map is measured in the same run,
     and agreement.csv compares them. The reference rows are those of python -m scripts.quantify on the label files
     themselves (the label went through the preprocessing and Invertd unchanged); the bias is the mean difference of
-    the two CSVs. --split_femur True adds the femoral halves and their weight-bearing parts on both sides."""
+    the two CSVs. --split_femur True adds the femoral halves and their weight-bearing parts on both sides, and
+    --split_tibia True the five subregions of each tibial plate."""
     from scripts.quantify import measure_file
 
     out = tmp_path / "eval"
     args = [
         "--dataset_dir", str(phantoms), "--ckpt_dir", str(trained / "models"), "--output_dir", str(out),
-        "--measure", "True", "--split_femur", "True", *TINY,
+        "--measure", "True", "--split_femur", "True", "--split_tibia", "True", *TINY,
     ]  # fmt: skip
     bundle(*args, config=["configs/train.json", "configs/evaluate.json"], run_id="evaluating")
     folder = out / "evaluation"
@@ -235,8 +236,9 @@ def test_evaluate_measures_predictions_and_references_and_their_agreement(phanto
     }
     labels = sorted((phantoms / "labelsTs").glob("*.nii.gz"))
     for label in labels:
-        _, truth = measure_file(label, label_preset="oai-zib", split_femur=True)
-        assert len(truth.rows) == 8 and truth.rows[-1].compartment.endswith("_weight_bearing")
+        _, truth = measure_file(label, label_preset="oai-zib", split_femur=True, split_tibia=True)
+        assert len(truth.rows) == 18 and truth.rows[7].compartment.endswith("_weight_bearing")
+        assert truth.rows[-1].compartment.endswith("_exterior")
         for row in truth.rows:
             ours = reference[(row.scan, row.compartment)]
             assert float(ours["volume_mm3"]) == pytest.approx(row.volume_mm3, rel=1e-6)
@@ -250,6 +252,7 @@ def test_evaluate_measures_predictions_and_references_and_their_agreement(phanto
     assert float(volume["bias"]) == pytest.approx(sum(differences) / len(differences), rel=1e-4, abs=1e-3)
     assert "| femoral | volume/mm³ | 2 |" in (folder / "agreement.md").read_text()
     assert any(c.endswith("_weight_bearing") for c, _ in agreement)
+    assert any(c.endswith("_central") for c, _ in agreement)
     again = bundle(*args, config=["configs/train.json", "configs/evaluate.json"], run_id="evaluating", check=False)
     assert again.returncode != 0 and "--overwrite True" in again.stderr  # the earlier report is kept
 

@@ -24,6 +24,7 @@ from scripts.quantify.measure import (
     measure_label_map,
     over_plate,
     split_plates,
+    tibial_subregions,
 )
 from scripts.quantify.outputs import csv_cell, csv_text, write_csv, write_overview_png, write_thickness_map
 from scripts.quantify.transform import CartilageReportd
@@ -45,6 +46,7 @@ __all__ = [
     "measure_label_map",
     "over_plate",
     "split_plates",
+    "tibial_subregions",
     "write_csv",
     "write_overview_png",
     "write_thickness_map",

@@ -36,6 +36,7 @@ def measure_file(
     laterality: str = "auto",
     split_femur: bool = False,
     scan: str | None = None,
+    split_tibia: bool = False,
 ) -> tuple[LabelVolume, ScanMeasurement]:
     """Load and measure one label map file."""
     volume = load_label_map(path)
@@ -48,6 +49,7 @@ def measure_file(
         has_geometry=volume.has_geometry,
         split_femur=split_femur,
         source=str(path),
+        split_tibia=split_tibia,
     )
     return volume, measurement
 
@@ -147,6 +149,7 @@ class _RunOptions:
     label_preset: str
     laterality: str
     split_femur: bool
+    split_tibia: bool
     thickness_dir: str | None
     png_dir: str | None
     overwrite: bool
@@ -154,7 +157,9 @@ class _RunOptions:
 
 def _measure_one(path: Path, name: str, opts: _RunOptions) -> list[CompartmentRow]:
     """Measure one map and write its thickness map and PNG; returns its CSV rows."""
-    volume, measurement = measure_file(path, opts.label_preset, opts.laterality, opts.split_femur, scan=name)
+    volume, measurement = measure_file(
+        path, opts.label_preset, opts.laterality, opts.split_femur, scan=name, split_tibia=opts.split_tibia
+    )
     if opts.thickness_dir:
         target = Path(opts.thickness_dir) / f"{name}_thickness.nii.gz"
         write_thickness_map(measurement.thickness_map, volume.affine, target, volume.nifti_header, opts.overwrite)
@@ -231,6 +236,7 @@ def main(
     thickness_dir: str | None = None,
     png_dir: str | None = None,
     split_femur: bool = False,
+    split_tibia: bool = False,
     overwrite: bool = False,
 ) -> str:
     """Measure cartilage volume, surface area and 3D thickness per compartment of label maps; write one CSV.
@@ -257,6 +263,9 @@ def main(
         split_femur: also report femoral_medial / femoral_lateral (split at the tibial plane; includes the trochlea)
             and their weight-bearing parts, femoral_medial_weight_bearing / femoral_lateral_weight_bearing (a
             stand-in for the OAI's cMF / cLF from the label map's own landmarks; docs/measurements.md).
+        split_tibia: also report the five subregions of each tibial plate, tibial_medial_central / _anterior /
+            _posterior / _interior / _exterior and the same for lateral (a stand-in for the OAI's cMT, aMT, ...: a
+            central ellipse of 20 % of the plate's area and four sectors around it; docs/measurements.md).
         overwrite: replace existing outputs (True/False; a lowercase false is read as False, not as a true text).
 
     Returns:
@@ -265,11 +274,12 @@ def main(
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     try:
         split_femur, overwrite = as_bool(split_femur, "split_femur"), as_bool(overwrite, "overwrite")
+        split_tibia = as_bool(split_tibia, "split_tibia")
         paths, names = _check_arguments(labelmaps, output, label_preset, laterality, thickness_dir, png_dir, overwrite)
     except ValueError as err:
         raise SystemExit(f"error: {err}") from None  # one paragraph, not a traceback
     folders = (str(thickness_dir) if thickness_dir else None, str(png_dir) if png_dir else None)
-    opts = _RunOptions(label_preset, laterality, split_femur, *folders, overwrite)
+    opts = _RunOptions(label_preset, laterality, split_femur, split_tibia, *folders, overwrite)
     target = Path(str(output))
     failures = FailureLog(str(target.parent), f"{target.stem}_failures.csv", overwrite)
     rows = _measure_all(paths, names, opts, failures)

@@ -20,6 +20,8 @@ MAX_PLAUSIBLE_THICKNESS_MM = 7.0
 THICK_AREA_FRACTION = 0.01  # flag when more than this share of the surface area is thicker than the limit
 FRAGMENT_FRACTION = 0.05  # a connected piece holding at least this share of the compartment volume counts as large
 WEIGHT_BEARING_FRACTION = 0.6  # cMF / cLF: from the notch back to 60 % of the way to the condyle's posterior end
+CENTRAL_FRACTION = 0.2  # cMT / cLT: an ellipse holding 20 % of the plate's area (Wirth & Eckstein 2008)
+TIBIAL_SUBREGIONS = ("central", "anterior", "posterior", "interior", "exterior")
 LATERALITY_MARGIN_MM = 20.0  # |x| of the cartilage centroid below this: too close to the midline to tell the side
 CROP_MARGIN = 3
 _NIFTI_SUFFIXES = (".nii.gz", ".nii")
@@ -377,6 +379,7 @@ def measure_label_map(
     has_geometry: bool = True,
     split_femur: bool = False,
     source: str | None = None,
+    split_tibia: bool = False,
 ) -> ScanMeasurement:
     """Measure femoral and tibial cartilage (and the medial / lateral tibial plates) of one label map.
 
@@ -391,6 +394,8 @@ def measure_label_map(
             femoral cartilage including the trochlea), and their weight-bearing parts over the tibial plates
             (`femoral_medial_weight_bearing`, ...: see `over_plate`; a stand-in for the OAI's cMF / cLF).
         source: the file for error messages (default `scan`): a user with many maps needs the full path.
+        split_tibia: also report the five subregions of each tibial plate (`tibial_medial_central`, ..._anterior,
+            ..._posterior, ..._interior, ..._exterior: see `tibial_subregions`; a stand-in for the OAI's cMT etc.).
 
     Returns:
         ScanMeasurement: rows (one per compartment), the thickness map (NaN outside cartilage), compartment codes.
@@ -467,6 +472,13 @@ def measure_label_map(
             )
             for k in (0, 1)
         ]
+    if split_tibia:
+        on_plates = (plates[0] & tibial, plates[1] & tibial)
+        for k in (0, 1):
+            regions = tibial_subregions(on_plates[k], on_plates[1 - k], affine)
+            compartments += [
+                (f"tibial_{sides[k]}_{name}", regions[name], 1, ml_source, plate_flags) for name in TIBIAL_SUBREGIONS
+            ]
     full_thickness = np.full(full_classes.shape, np.nan, np.float32)
     full_thickness[box] = thickness_map
     measurement = ScanMeasurement([], full_thickness, np.zeros(full_classes.shape, np.uint8), lat, lat_source)
@@ -553,6 +565,59 @@ def over_plate(
     back = notch - fraction * max(notch - posterior_end, 0.0)
     out[tuple(ijk[(y >= back) & (y <= notch)].T)] = True
     return _lowest_run(out, affine)
+
+
+def tibial_subregions(
+    plate: np.ndarray,
+    other_plate: np.ndarray,
+    affine: np.ndarray,
+    central_fraction: float = CENTRAL_FRACTION,
+) -> dict[str, np.ndarray]:
+    """The five subregions of one tibial plate, a label-map stand-in for the OAI's cMT / aMT / pMT / iMT / eMT.
+
+    The OAI divides each tibial plate, seen from above, into a central ellipse holding 20 % of its area and four
+    peripheral parts around it: anterior, posterior, interior (toward the intercondylar eminence) and exterior
+    (Wirth & Eckstein 2008), on the subchondral bone area a reader outlines. Here the plate's cartilage footprint in
+    the world transverse plane (RAS x, y; one cell per voxel step along each axis) stands for that area: the ellipse
+    is centred on the footprint's centroid with axes in the ratio of its left-right and anterior-posterior extents
+    (1st to 99th percentile) and scaled so that `central_fraction` of the footprint's cells lie inside; every other
+    voxel goes to the peripheral part whose sector, between the ellipse frame's diagonals, it lies in. Interior is
+    the side that faces `other_plate`, so no laterality is needed; without the other plate (or with an empty plate)
+    all five are empty.
+
+    Why: in knee OA the central, weight-bearing tibial cartilage thins first and most, and the whole plate averages
+    that change with the rims. As for `over_plate`, the values compare within this tool, not one to one with a
+    reader's subregions.
+    """
+    regions = {name: np.zeros(plate.shape, bool) for name in TIBIAL_SUBREGIONS}
+    if not plate.any() or not other_plate.any():
+        return regions
+    ijk = np.argwhere(plate)
+    xy = _world(affine, ijk)[:, :2]
+    a = np.asarray(affine, float)
+    cell = np.maximum(np.abs(a[:2, :3]).max(axis=1), 1e-6)  # the largest voxel step along world x and along y
+    cells = np.unique(np.floor(xy / cell).astype(np.int64), axis=0)
+    footprint = (cells + 0.5) * cell
+    centre = footprint.mean(axis=0)
+    lo, hi = np.percentile(footprint, [1, 99], axis=0)
+    half = np.maximum((hi - lo) / 2, cell)
+    radius = np.hypot(*((footprint - centre) / half).T)
+    scale = float(np.quantile(radius, central_fraction))
+    u, v = ((xy - centre) / half).T
+    central = np.hypot(u, v) <= scale
+    other_x = float(_world(affine, np.argwhere(other_plate))[:, 0].mean())
+    toward_other = np.sign(other_x - centre[0]) * u > 0
+    along_ap = np.abs(v) >= np.abs(u)
+    parts = {
+        "central": central,
+        "anterior": ~central & along_ap & (v > 0),  # RAS y grows toward anterior
+        "posterior": ~central & along_ap & (v <= 0),
+        "interior": ~central & ~along_ap & toward_other,
+        "exterior": ~central & ~along_ap & ~toward_other,
+    }
+    for name, keep in parts.items():
+        regions[name][tuple(ijk[keep].T)] = True
+    return regions
 
 
 def _lowest_run(mask: np.ndarray, affine: np.ndarray) -> np.ndarray:

@@ -37,6 +37,7 @@ class CartilageReportd(_MapTransform):
         label_preset: codes of the label map (the bundle predicts the 'cartilage' classes).
         laterality: 'auto', 'left' or 'right' (see `infer_laterality`).
         split_femur: also measure the femoral halves and their weight-bearing parts (`measure_label_map`).
+        split_tibia: also measure the five subregions of each tibial plate (`measure_label_map`).
         write_thickness_map: write the thickness NIfTI.
         write_png: write the overview PNG.
         csv_name: file name of the CSV in `output_dir`.
@@ -62,6 +63,7 @@ class CartilageReportd(_MapTransform):
         rows_key: str = "measurements",
         expected_dice_key: str | None = "expected_dice",
         allow_missing_keys: bool = False,
+        split_tibia: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
         self.expected_dice_key = expected_dice_key
@@ -71,6 +73,7 @@ class CartilageReportd(_MapTransform):
         infer_laterality(0.0, False, laterality)  # validate early
         self.laterality = laterality
         self.split_femur = bool(split_femur)
+        self.split_tibia = bool(split_tibia)
         self.write_thickness = write_thickness_map
         self.write_png = write_png
         self.csv_path = self.output_dir / csv_name
@@ -100,6 +103,7 @@ class CartilageReportd(_MapTransform):
             label_preset=self.label_preset,
             laterality=self.laterality,
             split_femur=self.split_femur,
+            split_tibia=self.split_tibia,
             has_geometry=has_scanner_geometry(affine),
             source=source or name,
         )
