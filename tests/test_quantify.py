@@ -16,6 +16,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from monai.data import MetaTensor
 
 from scripts.quantify import (
@@ -414,6 +416,66 @@ def test_tibial_subregions_empty_without_the_other_plate():
     tibial = _knee() == 2
     parts = tibial_subregions(tibial, np.zeros_like(tibial), affine)
     assert sorted(parts) == sorted(SUBREGIONS) and not any(p.any() for p in parts.values())
+
+
+def _plates_in_any_layout(spacing, order, flips, size, gap, depth):
+    """Two plates side by side along world x, stored with the array axes permuted and flipped; returns the plate
+    masks in that layout, their affine, and the map back to the canonical (x, y, z) layout."""
+    shape = (2 * size[0] + gap + 4, size[1] + 4, depth + 4)
+    left = np.zeros(shape, bool)
+    right = np.zeros(shape, bool)
+    left[2 : 2 + size[0], 2 : 2 + size[1], 2 : 2 + depth] = True
+    right[2 + size[0] + gap : 2 + 2 * size[0] + gap, 3 : 1 + size[1], 2 : 2 + depth] = True
+    affine = np.zeros((4, 4))
+    affine[3, 3] = 1.0
+    stored = []
+    for mask in (left, right):
+        m = np.transpose(mask, order)
+        for axis, flip in enumerate(flips):
+            m = np.flip(m, axis) if flip else m
+        stored.append(np.ascontiguousarray(m))
+    for j, (k, flip) in enumerate(zip(order, flips)):
+        affine[k, j] = -spacing[k] if flip else spacing[k]
+        if flip:
+            affine[k, 3] += (shape[k] - 1) * spacing[k]
+
+    def back(m):
+        for axis, flip in enumerate(flips):
+            m = np.flip(m, axis) if flip else m
+        return np.transpose(m, np.argsort(order))
+
+    return stored, affine, back
+
+
+@settings(max_examples=40, deadline=None, derandomize=True, database=None)
+@given(
+    spacing=st.tuples(*[st.sampled_from([0.3125, 0.3646, 0.7, 1.5])] * 3),
+    order=st.permutations([0, 1, 2]),
+    flips=st.tuples(st.booleans(), st.booleans(), st.booleans()),
+    size=st.tuples(st.integers(3, 14), st.integers(3, 14)),
+    gap=st.integers(1, 6),
+    depth=st.integers(1, 4),
+)
+def test_tibial_subregions_in_any_array_layout(spacing, order, flips, size, gap, depth):
+    """Random plate sizes, voxel sizes, axis orders and flips: the five parts always make up the plate, lie where
+    their names say (means), and are the same voxels however the array is laid out (ties of the regular grid
+    included)."""
+    stored, affine, back = _plates_in_any_layout(spacing, order, flips, size, gap, depth)
+    canonical_affine = np.diag([*spacing, 1.0])
+    plates = [back(m) for m in stored]
+    for k in (0, 1):
+        parts = tibial_subregions(stored[k], stored[1 - k], affine)
+        assert (np.stack([parts[n] for n in SUBREGIONS]).sum(0) == stored[k]).all()
+        canonical = tibial_subregions(plates[k], plates[1 - k], canonical_affine)
+        disagree = sum(int((back(parts[n]) != canonical[n]).sum()) for n in SUBREGIONS)
+        assert disagree == 0
+        world = {n: _world_of(canonical[n], canonical_affine) for n in SUBREGIONS if canonical[n].any()}
+        assert "central" in world
+        if "anterior" in world and "posterior" in world:
+            assert world["anterior"][:, 1].mean() > world["posterior"][:, 1].mean()
+        if "interior" in world and "exterior" in world:
+            other_x = _world_of(plates[1 - k], canonical_affine)[:, 0].mean()
+            assert abs(world["interior"][:, 0].mean() - other_x) < abs(world["exterior"][:, 0].mean() - other_x)
 
 
 def test_tibial_subregion_rows_with_split_tibia():

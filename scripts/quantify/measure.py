@@ -596,15 +596,17 @@ def tibial_subregions(
     xy = _world(affine, ijk)[:, :2]
     a = np.asarray(affine, float)
     cell = np.maximum(np.abs(a[:2, :3]).max(axis=1), 1e-6)  # the largest voxel step along world x and along y
-    cells = np.unique(np.floor(xy / cell).astype(np.int64), axis=0)
-    footprint = (cells + 0.5) * cell
+    cells = np.unique(np.round((xy - xy[0]) / cell).astype(np.int64), axis=0)  # cells centred on voxel centres
+    footprint = xy[0] + cells * cell
     centre = footprint.mean(axis=0)
     lo, hi = np.percentile(footprint, [1, 99], axis=0)
     half = np.maximum((hi - lo) / 2, cell)
-    radius = np.hypot(*((footprint - centre) / half).T)
+    # rounded so that the ties of a regular grid (cells at equal radius, voxels on a sector diagonal) fall the same
+    # way whatever the array's axis order, not by the last bit of a world coordinate
+    radius = np.round(np.hypot(*((footprint - centre) / half).T), 9)
     scale = float(np.quantile(radius, central_fraction))
-    u, v = ((xy - centre) / half).T
-    central = np.hypot(u, v) <= scale
+    u, v = np.round((xy - centre) / half, 9).T
+    central = np.round(np.hypot(u, v), 9) <= scale
     other_x = float(_world(affine, np.argwhere(other_plate))[:, 0].mean())
     toward_other = np.sign(other_x - centre[0]) * u > 0
     along_ap = np.abs(v) >= np.abs(u)
