@@ -89,7 +89,7 @@ class AutocastInferer(Inferer):
     def __init__(self, inferer: Inferer, amp: bool = True, float_outputs: bool = False) -> None:
         super().__init__()
         self.inferer, self.amp, self.float_outputs = inferer, bool(amp), bool(float_outputs)
-        self._logged: set[str] = set()
+        self._cpu_logged = False
 
     def compute_device(self, inputs: torch.Tensor, network: Any) -> torch.device:
         """Where the network runs, which decides the autocast: its parameters' device, else the wrapped inferer's
@@ -106,8 +106,8 @@ class AutocastInferer(Inferer):
         kind = device.type
         # on a GPU, cuda_autocast (the rule of MONAI's engines in the configs) warns once per GPU left in fp32
         enabled = cuda_autocast(self.amp, device) if kind == "cuda" else autocast_enabled(self.amp, device)
-        if self.amp and kind == "cpu" and kind not in self._logged:  # say once whether the CPU runs bf16
-            self._logged.add(kind)
+        if self.amp and kind == "cpu" and not self._cpu_logged:  # say once whether the CPU runs bf16
+            self._cpu_logged = True
             logger.info(
                 "amp: bf16 autocast on the CPU (native bf16 instructions found)"
                 if enabled

@@ -610,17 +610,21 @@ def test_weight_bearing_regions_same_with_labelled_plates():
         assert coded[name].volume_mm3 == pytest.approx(plain[name].volume_mm3) and coded[name].volume_mm3 > 0
 
 
-def test_cartilage_reportd_split_femur(tmp_path):
-    """The config key split_femur reaches the measurement: 8 rows per scan, the femoral halves and their
-    weight-bearing parts included, equal to measure_label_map's."""
+@pytest.mark.parametrize(
+    "switch, n_rows, second_last",
+    [("split_femur", 8, "femoral_medial_weight_bearing"), ("split_tibia", 14, "tibial_lateral_interior")],
+)
+def test_cartilage_reportd_split_switches(tmp_path, switch, n_rows, second_last):
+    """The config keys split_femur and split_tibia reach the measurement: 8 rows per scan with the femoral halves and
+    their weight-bearing parts, 14 with the tibial subregions, equal to measure_label_map's."""
     affine = _affine((0.7, 0.3646, 0.3646))
     pred = MetaTensor(torch.as_tensor(_knee()[None].astype(np.float32)), affine=torch.as_tensor(affine))
     pred.meta["filename_or_obj"] = str(tmp_path / "knee7.nii.gz")
-    step = CartilageReportd(keys="pred", output_dir=str(tmp_path), split_femur=True, write_png=False)
+    step = CartilageReportd(keys="pred", output_dir=str(tmp_path), write_png=False, **{switch: True})
     rows = step({"pred": pred})["measurements"]
-    direct = measure_label_map(_knee(), affine, scan="knee7", split_femur=True).rows
+    direct = measure_label_map(_knee(), affine, scan="knee7", **{switch: True}).rows
     assert [r["compartment"] for r in rows] == [r.compartment for r in direct]
-    assert len(rows) == 8 and rows[-2]["compartment"] == "femoral_medial_weight_bearing"
+    assert len(rows) == n_rows and rows[-2]["compartment"] == second_last
     assert [r["volume_mm3"] for r in rows] == pytest.approx([r.volume_mm3 for r in direct])
 
 
@@ -739,18 +743,6 @@ def test_cli_lowercase_false_keeps_an_existing_csv(tmp_path, flag):
     with pytest.raises(SystemExit, match=r"^error: --output: .*m.csv already exists; pass --overwrite True to"):
         fire.Fire(main, command=[str(good), "--output", str(out), "--overwrite", flag])
     assert out.read_text() == "earlier results\n"
-
-
-def test_cartilage_reportd_split_tibia(tmp_path):
-    """The config key split_tibia reaches the measurement: 14 rows per scan, as measure_label_map's."""
-    affine = _affine((0.7, 0.3646, 0.3646))
-    pred = MetaTensor(torch.as_tensor(_knee()[None].astype(np.float32)), affine=torch.as_tensor(affine))
-    pred.meta["filename_or_obj"] = str(tmp_path / "knee8.nii.gz")
-    step = CartilageReportd(keys="pred", output_dir=str(tmp_path), split_tibia=True, write_png=False)
-    rows = step({"pred": pred})["measurements"]
-    direct = measure_label_map(_knee(), affine, scan="knee8", split_tibia=True).rows
-    assert len(rows) == 14 and [r["compartment"] for r in rows] == [r.compartment for r in direct]
-    assert [r["volume_mm3"] for r in rows] == pytest.approx([r.volume_mm3 for r in direct])
 
 
 def test_cli_true_spellings_overwrite_and_split_femur(tmp_path):

@@ -446,11 +446,12 @@ def measure_label_map(
         "border": _border_faces(box, full_classes.shape),
     }
     sides = ("medial", "lateral") if lat != "unknown" else ("plate_A", "plate_B")
+    on_plates = (plates[0] & tibial, plates[1] & tibial)
     compartments: list[tuple[str, np.ndarray, int, str, list[str]]] = [
         ("femoral", femoral, 1, "", []),
         ("tibial", tibial, 2, "", []),
-        (f"tibial_{sides[0]}", plates[0] & tibial, 1, ml_source, plate_flags),
-        (f"tibial_{sides[1]}", plates[1] & tibial, 1, ml_source, plate_flags),
+        (f"tibial_{sides[0]}", on_plates[0], 1, ml_source, plate_flags),
+        (f"tibial_{sides[1]}", on_plates[1], 1, ml_source, plate_flags),
     ]
     if split_femur:
         halves = _plate_masks(femoral, affine, split, lat) if split is not None else (femoral & False,) * 2
@@ -473,7 +474,6 @@ def measure_label_map(
             for k in (0, 1)
         ]
     if split_tibia:
-        on_plates = (plates[0] & tibial, plates[1] & tibial)
         for k in (0, 1):
             regions = tibial_subregions(on_plates[k], on_plates[1 - k], affine)
             compartments += [
